@@ -1,0 +1,299 @@
+"""The Objective: the one pure function every landscape tool looks at.
+
+An :class:`Objective` binds a Flax NNX model (split once into a graph
+definition, a params pytree and the rest of its state), a per-example loss,
+optional regularizers and a dataset into pure, jit-able functions of
+``params``:
+
+.. math::  L(\\theta) = \\frac{1}{n} \\sum_{i=1}^n \\ell(f_\\theta(x_i), y_i) + R(\\theta)
+
+It is itself a JAX pytree (data arrays and state are leaves; the model graph,
+loss and sizes are static), so it can be passed *as an argument* to jitted
+functions instead of being closed over: the dataset is never baked into a
+compiled program as a constant.
+
+``params`` are plain nested dicts (``nnx.State.to_pure_dict``), e.g.
+``params["layers"][0]["kernel"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from losslab import losses as losses_lib
+
+Array = jax.Array
+Batch = tuple[Array, Array]
+SPLITS = ("train", "val", "test")
+
+
+def chunked_sum(fn: Callable[[Array, Array, Array], Any], batch: Batch, chunk_size: int) -> Any:
+    """Sums ``fn(x_chunk, y_chunk, weights)`` over fixed-size chunks of a batch.
+
+    The batch is padded to a multiple of ``chunk_size`` with copies of its first
+    row and weight 0, and the chunks are visited by one ``lax.scan``, so memory
+    is bounded by one chunk and the sum is exact: ``fn`` must weight each
+    example's contribution by ``weights`` (1 for real rows, 0 for padding).
+
+    Args:
+      fn: ``(x, y, weights) -> pytree`` for one chunk.
+      batch: ``(x, y)`` with leading dimension n.
+      chunk_size: rows per chunk; a batch no larger than this is one call.
+
+    Returns:
+      The pytree sum over all chunks.
+    """
+    x, y = batch
+    n = x.shape[0]
+    if n <= chunk_size:
+        return fn(x, y, jnp.ones((n,), x.dtype))
+    num_chunks = -(-n // chunk_size)
+    pad = num_chunks * chunk_size - n
+
+    def prepare(a):
+        a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
+        return a.reshape(num_chunks, chunk_size, *a.shape[1:])
+
+    weights = jnp.concatenate([jnp.ones((n,), x.dtype), jnp.zeros((pad,), x.dtype)]).reshape(num_chunks, chunk_size)
+    xs, ys = prepare(x), prepare(y)
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, xs[0], ys[0], weights[0]))
+
+    def body(acc, chunk):
+        return jax.tree.map(jnp.add, acc, fn(*chunk)), None
+
+    total, _ = jax.lax.scan(body, init, (xs, ys, weights))
+    return total
+
+
+@jax.tree_util.register_pytree_node_class
+class Objective:
+    """A model + loss + regularizers + data, as pure functions of ``params``.
+
+    Args:
+      model: a Flax NNX module called as ``model(x, train=..., key=...)``.
+      loss: a loss name (see :data:`losslab.losses.LOSSES`) or a :class:`~losslab.losses.Loss`.
+      data: a :class:`losslab.data.Dataset` (or anything with ``x_train``, ``y_train``,
+        ``x_val``, ``y_val``, ``x_test``, ``y_test``, ``task``, ``num_classes``).
+      regularizers: penalties added to :meth:`loss` (the training objective), never to
+        :meth:`data_loss` or :meth:`evaluate`.
+      chunk_size: rows per chunk for full-dataset evaluation; bounds memory.
+      dtype: cast data and params to this float dtype (e.g. ``jnp.float64`` in exactness
+        tests); None keeps them.
+
+    Attributes:
+      params: the model's initial parameters (a nested dict pytree).
+      state: the non-trainable state (BatchNorm statistics), a nested dict pytree.
+      loss_fn: the per-example :class:`~losslab.losses.Loss`.
+
+    Raises:
+      ValueError: the loss does not fit the task, the model's output width does not match
+        the number of classes/targets, or the data fail validation.
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        loss: str | losses_lib.Loss,
+        data,
+        *,
+        regularizers: Sequence[Callable] = (),
+        chunk_size: int = 1024,
+        dtype=None,
+    ):
+        graphdef, params, state = nnx.split(model, nnx.Param, ...)
+        params, state = params.to_pure_dict(), state.to_pure_dict()
+        self.loss_fn = losses_lib.get(loss)
+        self.graphdef = graphdef
+        self.regularizers = tuple(regularizers)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = int(chunk_size)
+        self.task = data.task
+        self.num_classes = data.num_classes
+        self.name = getattr(data, "name", "data")
+        if self.task not in self.loss_fn.tasks:
+            raise ValueError(
+                f"loss {self.loss_fn.name!r} does not apply to a {self.task} task; it supports {self.loss_fn.tasks}"
+            )
+
+        def cast(a, is_x):
+            a = jnp.asarray(a)
+            if dtype is not None and (is_x or jnp.issubdtype(a.dtype, jnp.floating)):
+                a = a.astype(dtype)
+            return a
+
+        self.data = {}
+        for split in SPLITS:
+            x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+            if x is None or len(x) == 0:
+                continue
+            self._check_split(split, np.asarray(x), np.asarray(y))
+            self.data[split] = (cast(x, True), cast(y, False))
+        if "train" not in self.data:
+            raise ValueError("the dataset has no training split")
+        if dtype is not None:
+            params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+            state = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+        self.params = params
+        self.state = state
+        self._check_model()
+
+    # -- pytree protocol ---------------------------------------------------
+    def tree_flatten(self):
+        children = (self.params, self.state, self.data)
+        aux = (self.graphdef, self.loss_fn, self.regularizers, self.chunk_size, self.task, self.num_classes, self.name)
+        return children, aux
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.params, obj.state, obj.data = children
+        (obj.graphdef, obj.loss_fn, obj.regularizers, obj.chunk_size, obj.task, obj.num_classes, obj.name) = aux
+        return obj
+
+    def replace(self, **changes) -> Objective:
+        """A copy with some attributes replaced (e.g. ``state=``, ``data=``, ``loss_fn=``)."""
+        children, aux = self.tree_flatten()
+        new = Objective.tree_unflatten(aux, children)
+        for k, v in changes.items():
+            if not hasattr(new, k):
+                raise ValueError(f"Objective has no attribute {k!r}")
+            setattr(new, k, losses_lib.get(v) if k == "loss_fn" else v)
+        return new
+
+    # -- validation ----------------------------------------------------------
+    def _check_split(self, split, x, y):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{split} split: {x.shape[0]} inputs but {y.shape[0]} targets")
+        if self.task == "classification":
+            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"{split} split: classification targets must be integer labels of shape (n,), got {y.dtype} {y.shape}")
+            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ValueError(
+                    f"{split} split: labels must lie in [0, {self.num_classes}), found range [{y.min()}, {y.max()}]"
+                )
+
+    def _check_model(self):
+        x = self.data["train"][0]
+        try:
+            out = jax.eval_shape(lambda p, s, xx: self.apply(p, xx, state=s), self.params, self.state, x[:2])
+        except Exception as e:  # noqa: BLE001 - re-raised with context
+            raise ValueError(f"the model cannot take inputs of shape {tuple(x.shape[1:])}: {e}") from e
+        expected = self.output_dim
+        if out.ndim != 2 or out.shape[1] != expected:
+            raise ValueError(
+                f"the model outputs shape {tuple(out.shape[1:])} per example but the {self.task} data needs ({expected},)"
+            )
+
+    @property
+    def output_dim(self) -> int:
+        if self.task == "classification":
+            return int(self.num_classes)
+        y = self.data["train"][1]
+        return int(y.shape[-1]) if y.ndim > 1 else 1
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(self.params))
+
+    def num_examples(self, split: str = "train") -> int:
+        return int(self.batch(split)[0].shape[0])
+
+    # -- pure functions ------------------------------------------------------
+    def batch(self, split: str = "train") -> Batch:
+        """The full ``(x, y)`` arrays of a split ("train", "val" or "test")."""
+        if split not in self.data:
+            raise ValueError(f"unknown or empty split {split!r}; available: {sorted(self.data)}")
+        return self.data[split]
+
+    def apply(self, params, x: Array, *, state=None, train: bool = False, key=None):
+        """Model outputs ``f_θ(x)``. With ``train=True`` returns ``(outputs, new_state)``."""
+        state = self.state if state is None else state
+        model = nnx.merge(self.graphdef, params, state)
+        if not train:
+            return model(x, train=False)
+        out = model(x, train=True, key=key)
+        _, _, new_state = nnx.split(model, nnx.Param, ...)
+        return out, new_state.to_pure_dict()
+
+    def outputs(self, params, x: Array) -> Array:
+        """Eval-mode outputs ``(batch, output_dim)`` (no dropout, stored BatchNorm statistics)."""
+        return self.apply(params, x)
+
+    def per_example_loss(self, params, batch: Batch | None = None) -> Array:
+        """Eval-mode per-example data loss ``ℓ(f_θ(x_i), y_i)``, shape ``(batch,)``.
+
+        ``batch=None`` is the whole training set (in one call; use :meth:`data_loss`
+        for a chunked mean).
+        """
+        x, y = self.batch("train") if batch is None else batch
+        return self.loss_fn(self.outputs(params, x), y)
+
+    def regularization(self, params) -> Array:
+        """The sum of the regularizers R(θ) (0 without regularizers)."""
+        total = jnp.zeros((), jax.tree.leaves(params)[0].dtype)
+        for reg in self.regularizers:
+            total = total + reg(params)
+        return total
+
+    def _sums(self, params, batch: Batch):
+        """(sum of losses, number correct) over a batch, chunked."""
+
+        def fn(x, y, w):
+            out = self.outputs(params, x)
+            lossv = jnp.sum(w * self.loss_fn(out, y))
+            if self.task == "classification":
+                correct = jnp.sum(w * (jnp.argmax(out, -1) == y))
+            else:
+                correct = jnp.zeros((), lossv.dtype)
+            return lossv, correct
+
+        return chunked_sum(fn, batch, self.chunk_size)
+
+    def data_loss(self, params, batch: Batch | None = None) -> Array:
+        """Exact mean data loss ``(1/n) Σ ℓ_i`` over ``batch`` (None: the training set), chunked."""
+        batch = self.batch("train") if batch is None else batch
+        return self._sums(params, batch)[0] / batch[0].shape[0]
+
+    def loss(self, params, batch: Batch | None = None) -> Array:
+        """The training objective ``L(θ) = (1/n) Σ ℓ_i + R(θ)`` in eval mode; None = training set."""
+        return self.data_loss(params, batch) + self.regularization(params)
+
+    def accuracy(self, params, batch: Batch | None = None) -> Array:
+        """Fraction of correctly classified examples (NaN for regression); None = training set."""
+        if self.task != "classification":
+            return jnp.asarray(jnp.nan)
+        batch = self.batch("train") if batch is None else batch
+        return self._sums(params, batch)[1] / batch[0].shape[0]
+
+    def evaluate(self, params, split: str = "test") -> dict[str, Array]:
+        """Eval-mode ``{"loss", "accuracy", "error"}`` on a split; loss excludes regularizers."""
+        batch = self.batch(split)
+        total, correct = self._sums(params, batch)
+        n = batch[0].shape[0]
+        acc = correct / n if self.task == "classification" else jnp.asarray(jnp.nan)
+        return {"loss": total / n, "accuracy": acc, "error": 1.0 - acc}
+
+    def train_loss(self, params, state, batch: Batch, key) -> tuple[Array, Any]:
+        """Train-mode minibatch objective (dropout on, BatchNorm batch statistics).
+
+        Returns ``(loss, new_state)``; ``loss`` includes the regularizers.
+        """
+        x, y = batch
+        out, new_state = self.apply(params, x, state=state, train=True, key=key)
+        return jnp.mean(self.loss_fn(out, y)) + self.regularization(params), new_state
+
+    def __repr__(self) -> str:
+        regs = f", regularizers={list(self.regularizers)}" if self.regularizers else ""
+        return (
+            f"Objective({type(nnx.merge(self.graphdef, self.params, self.state)).__name__}, "
+            f"loss={self.loss_fn}, data={self.name!r} n_train={self.num_examples()}, "
+            f"params={self.num_params}{regs})"
+        )
