@@ -1,0 +1,4 @@
+"""Matplotlib figures drawn from stored results (never recomputing them).
+
+Every function takes an optional ``ax`` and returns the figure.
+"""
