@@ -1,0 +1,1 @@
+"""Thin experiment scripts over the losslab library; run each as ``python -m experiments.<name>``."""
