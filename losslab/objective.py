@@ -18,7 +18,6 @@ compiled program as a constant.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
