@@ -152,6 +152,26 @@ def _flat_values(value) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {"": value}
 
 
+_EPOCH_CACHE: dict = {}
+
+
+def _cached_epoch(spec: tuple, tx, steps: int, batch_size: int, probes: tuple, probe_every: int, mesh):
+    """The compiled epoch for a hashable optimizer/loop spec, reused across :func:`train` calls.
+
+    A sweep over seeds (or any config whose optimizer spec repeats) compiles once.
+    """
+    try:
+        key = (spec, steps, batch_size, probes, probe_every, mesh)
+        hash(key)
+    except TypeError:
+        return _build_epoch(tx, steps, batch_size, probes, probe_every, mesh)
+    if key not in _EPOCH_CACHE:
+        if len(_EPOCH_CACHE) > 64:
+            _EPOCH_CACHE.clear()
+        _EPOCH_CACHE[key] = _build_epoch(tx, steps, batch_size, probes, probe_every, mesh)
+    return _EPOCH_CACHE[key]
+
+
 def _build_epoch(tx, steps: int, batch_size: int, probes: tuple, probe_every: int, mesh):
     """Returns a jitted ``epoch(obj, params, state, opt_state, probe_states, key, step0)``."""
     data_sharding = None
@@ -212,16 +232,24 @@ def _build_epoch(tx, steps: int, batch_size: int, probes: tuple, probe_every: in
         (params, state, opt_state, probe_states), (losses, probe_vals) = jax.lax.scan(
             step, carry, (idx, step_keys, jnp.arange(steps))
         )
-        eobj = obj.replace(state=state)
-        train_eval = eobj.evaluate(params, "train")
-        val_eval = eobj.evaluate(params, "val") if "val" in obj.data else None
-        return params, state, opt_state, probe_states, losses, probe_vals, train_eval, val_eval
+        return params, state, opt_state, probe_states, losses, probe_vals
 
-    return jax.jit(epoch, donate_argnums=())
+    return jax.jit(epoch)
+
+
+@jax.jit
+def _evaluate(obj: Objective, params, state):
+    """Eval-mode metrics on the training and validation sets (one compiled program)."""
+    eobj = obj.replace(state=state)
+    val = eobj.evaluate(params, "val") if "val" in obj.data else None
+    return eobj.evaluate(params, "train"), val
 
 
 # ----------------------------------------------------------------------------
 # Host-side training loop
+
+
+_NO_EVAL = {"loss": float("nan"), "accuracy": float("nan")}
 
 
 def _first_nonfinite(losses: np.ndarray) -> int | None:
@@ -251,6 +279,7 @@ def train(
     probe_every: int = 0,
     snapshot_every: int = 0,
     stop_below: float | None = None,
+    eval_every: int = 1,
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 0,
     mesh: jax.sharding.Mesh | None = None,
@@ -279,6 +308,10 @@ def train(
       snapshot_every: keep params every this many epochs (plus the initial ones) for
         trajectory plots; 0 keeps none.
       stop_below: stop once the eval-mode training loss falls below this value.
+      eval_every: evaluate the training and validation sets (eval mode) every this many
+        epochs and at the last one; other epochs record NaN there. 0 never evaluates
+        (pure training throughput); early stopping, plateaus and ``stop_below`` act on
+        evaluated epochs only and need ``eval_every >= 1``.
       checkpoint_dir: if given, save an orbax checkpoint every ``checkpoint_every`` epochs
         (default: every epoch) and resume from the latest one found there.
       mesh: a ``jax.sharding.Mesh`` with a "data" axis for data-parallel training.
@@ -317,6 +350,10 @@ def train(
             raise ValueError(f"the mesh needs a 'data' axis, has {mesh.axis_names}")
         if batch_size % mesh.shape["data"]:
             raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.shape['data']} data devices")
+    if eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0, got {eval_every}")
+    if eval_every == 0 and (early_stopping is not None or plateau is not None or stop_below is not None):
+        raise ValueError("early stopping, reduce-on-plateau and stop_below need evaluations: set eval_every >= 1")
     if schedule == "plateau" and plateau is None:
         plateau = ReduceOnPlateau()
     steps = n // batch_size
@@ -338,7 +375,17 @@ def train(
     opt_state = tx.init(params)
     names = tuple(probes)
     probe_states = tuple(probes[nm].init(objective, params) for nm in names)
-    epoch_fn = _build_epoch(tx, steps, batch_size, tuple(probes[nm] for nm in names), max(probe_every, 1), mesh)
+    spec = (
+        optimizer,
+        learning_rate,
+        tuple(sorted((optimizer_options or {}).items())),
+        schedule,
+        tuple(sorted((schedule_options or {}).items())),
+        epochs,
+    )
+    epoch_fn = _cached_epoch(
+        spec, tx, steps, batch_size, tuple(probes[nm] for nm in names), max(probe_every, 1), mesh
+    )
 
     history = History(probes={})
     snapshots = [(0, jax.device_get(params))] if snapshot_every else []
@@ -365,10 +412,11 @@ def train(
     for epoch in range(start_epoch + 1, epochs + 1):
         key, ekey = jax.random.split(key)
         step0 = (epoch - 1) * steps
-        params_before, state_before = params, state
-        (params, state, opt_state, probe_states, losses, probe_vals, train_eval, val_eval) = epoch_fn(
+        (params, state, opt_state, probe_states, losses, probe_vals) = epoch_fn(
             objective, params, state, opt_state, probe_states, ekey, step0
         )
+        evaluated = eval_every > 0 and (epoch % eval_every == 0 or epoch == epochs)
+        train_eval, val_eval = _evaluate(objective, params, state) if evaluated else (_NO_EVAL, None)
         losses = np.asarray(losses)
         bad = _first_nonfinite(losses)
         if bad is not None:
@@ -376,7 +424,6 @@ def train(
                 f"training loss became {losses[bad]} at step {step0 + bad + 1} (epoch {epoch}, step {bad + 1} of "
                 f"{steps}); the last finite parameters are those of epoch {epoch - 1}. Config: {config}"
             )
-        del params_before, state_before
         history.epoch.append(epoch)
         history.step.append(epoch * steps)
         history.train_loss.append(float(losses.mean()))
@@ -393,7 +440,7 @@ def train(
                 rec = history.probes.setdefault(nm + (f"/{sub}" if sub else ""), {"step": [], "value": []})
                 rec["step"].extend(int(step0 + r + 1) for r in rows)
                 rec["value"].extend(float(arr[r]) for r in rows)
-        if not math.isfinite(history.train_eval_loss[-1]):
+        if evaluated and not math.isfinite(history.train_eval_loss[-1]):
             raise TrainingDivergedError(
                 f"eval-mode training loss became {history.train_eval_loss[-1]} after epoch {epoch} "
                 f"(step {epoch * steps}). Config: {config}"
@@ -407,7 +454,7 @@ def train(
             snapshots.append((epoch, jax.device_get(params)))
 
         stop = ""
-        if early_stopping is not None:
+        if early_stopping is not None and evaluated:
             value = getattr(history, _monitor_name(early_stopping.monitor, objective))[-1]
             if _improved(value, es_best, early_stopping.min_delta):
                 es_best, es_wait, history.best_epoch = value, 0, epoch
@@ -417,7 +464,7 @@ def train(
                 es_wait += 1
                 if es_wait >= early_stopping.patience:
                     stop = f"early stopping: no improvement of {early_stopping.monitor} for {es_wait} epochs"
-        if plateau is not None:
+        if plateau is not None and evaluated:
             value = history.val_loss[-1] if "val" in objective.data else history.train_eval_loss[-1]
             if pl_cool > 0:
                 pl_cool -= 1
@@ -429,7 +476,7 @@ def train(
                     new = max(optim.lr_scale(opt_state) * plateau.factor, plateau.min_scale)
                     opt_state = optim.set_lr_scale(opt_state, new)
                     pl_wait, pl_cool = 0, plateau.cooldown
-        if stop_below is not None and history.train_eval_loss[-1] < stop_below:
+        if stop_below is not None and evaluated and history.train_eval_loss[-1] < stop_below:
             stop = f"training loss {history.train_eval_loss[-1]:.4g} below {stop_below}"
         if ckpt is not None and (epoch % max(checkpoint_every, 1) == 0 or stop or epoch == epochs):
             ckpt.save(
