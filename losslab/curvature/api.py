@@ -1,0 +1,436 @@
+"""One-line curvature calls for notebooks, returning small result objects with error bars.
+
+>>> hessian_trace(objective, params)          # doctest: +SKIP
+Hessian trace = 41.27 ± 0.83 (hutch++, 102 matvecs, 0.41 s)
+
+Each call builds the operator and runs the estimator inside one jitted
+program, with the :class:`~losslab.Objective` passed *as an argument* (it is
+a pytree), so a second call with same-shaped inputs does not recompile and the
+dataset is never baked into the program. ``exact=True`` materialises the
+matrix and diagonalises it instead (small models only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from losslab.curvature import dense as dense_lib
+from losslab.curvature import density as density_lib
+from losslab.curvature import eigen as eigen_lib
+from losslab.curvature import operators as ops
+from losslab.curvature import trace as trace_lib
+
+OPERATOR_NAMES = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
+TRACE_METHODS = ("hutchpp", "hutchinson", "adaptive", "exact")
+EIGEN_METHODS = ("lanczos", "power", "exact")
+_TITLES = {
+    "hessian": "Hessian",
+    "ggn": "GGN",
+    "fisher": "Fisher",
+    "empirical_fisher": "empirical Fisher",
+    "mc_fisher": "MC Fisher",
+}
+
+
+def _operator(name, objective, params, batch, key, select):
+    if name == "hessian":
+        return ops.hessian_operator(objective, params, batch, select=select)
+    elif name == "ggn":
+        return ops.ggn_operator(objective, params, batch, select=select)
+    elif name == "fisher":
+        return ops.fisher_operator(objective, params, batch, select=select)
+    elif name == "empirical_fisher":
+        return ops.empirical_fisher_operator(objective, params, batch, select=select)
+    elif name == "mc_fisher":
+        return ops.mc_fisher_operator(objective, params, jax.random.fold_in(key, 1), batch, select=select)
+    else:
+        raise ValueError(f"operator must be one of {OPERATOR_NAMES}, got {name!r}")
+
+
+def _prepare(objective, params, key, operator, select):
+    if operator not in OPERATOR_NAMES:
+        raise ValueError(f"operator must be one of {OPERATOR_NAMES}, got {operator!r}")
+    if operator in ("fisher", "empirical_fisher", "mc_fisher"):
+        objective.loss_fn.require_likelihood()
+    params = objective.params if params is None else params
+    key = jax.random.key(0) if key is None else key
+    ops._selection(params, select)  # validates eagerly
+    return params, key
+
+
+def _timed(fn, *args, **kwargs):
+    before = fn._cache_size()
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, time.perf_counter() - start, fn._cache_size() > before
+
+
+def _time_note(seconds: float, compiled: bool) -> str:
+    return f"{seconds:.2f} s" + (" incl. compile" if compiled else "")
+
+
+# ----------------------------------------------------------------------------
+# Trace
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceEstimate:
+    """A trace with its standard error; ``float(t)`` is the value.
+
+    Attributes:
+      value: the estimate. std_error: its standard error (0 when exact).
+      num_matvecs: operator products spent. seconds: wall time of the call
+      (``compiled`` says whether it included compilation). method, operator: what ran.
+    """
+
+    value: float
+    std_error: float
+    num_matvecs: int
+    seconds: float
+    compiled: bool
+    method: str
+    operator: str
+
+    def __float__(self) -> float:
+        return self.value
+
+    def __str__(self) -> str:
+        return (
+            f"{_TITLES[self.operator]} trace = {self.value:.6g} ± {self.std_error:.2g} "
+            f"({self.method}, {self.num_matvecs} matvecs, {_time_note(self.seconds, self.compiled)})"
+        )
+
+    __repr__ = __str__
+
+
+@functools.partial(jax.jit, static_argnames=("operator", "method", "num_matvecs", "rel_std_error", "select"))
+def _trace_impl(objective, params, key, batch, *, operator, method, num_matvecs, rel_std_error, select):
+    op = _operator(operator, objective, params, batch, key, select)
+    if method == "hutchpp":
+        return trace_lib.hutchpp_trace(op, key, num_matvecs=num_matvecs)
+    elif method == "hutchinson":
+        return trace_lib.hutchinson_trace(op, key, num_probes=num_matvecs)
+    elif method == "adaptive":
+        return trace_lib.hutchinson_trace(op, key, num_probes=num_matvecs, rel_std_error=rel_std_error)
+    elif method == "exact":
+        return trace_lib.TraceResult(jnp.trace(ops.to_dense(op)), jnp.zeros(()), jnp.asarray(op.size))
+    else:
+        raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
+
+
+def hessian_trace(
+    objective,
+    params=None,
+    key: jax.Array | None = None,
+    *,
+    method: str = "hutchpp",
+    num_matvecs: int = 102,
+    rel_std_error: float = 0.01,
+    exact: bool = False,
+    operator: str = "hessian",
+    batch=None,
+    select=None,
+) -> TraceEstimate:
+    r"""The trace of the Hessian (or GGN / Fisher) of the mean training loss, with its error bar.
+
+    Args:
+      objective: a :class:`losslab.Objective`.
+      params: the point; None uses ``objective.params``.
+      key: PRNG key (None: ``jax.random.key(0)``; same key, same numbers).
+      method: "hutchpp" (Meyer et al. 2021; default), "hutchinson" (Hutchinson 1989),
+        "adaptive" (Hutchinson until the relative standard error is <= ``rel_std_error``,
+        at most ``num_matvecs`` probes) or "exact" (dense; small models).
+      num_matvecs: matvec budget (the cap for "adaptive").
+      rel_std_error: target of the "adaptive" method.
+      exact: shorthand for ``method="exact"``.
+      operator: "hessian", "ggn", "fisher", "empirical_fisher" or "mc_fisher".
+      batch: ``(x, y)``; None is the whole training set (chunked).
+      select: parameter subset (path substring or callable), see :func:`hessian_operator`.
+
+    Returns:
+      A :class:`TraceEstimate`.
+    """
+    method = "exact" if exact else method
+    if method not in TRACE_METHODS:
+        raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
+    params, key = _prepare(objective, params, key, operator, select)
+    res, seconds, compiled = _timed(
+        _trace_impl,
+        objective,
+        params,
+        key,
+        batch,
+        operator=operator,
+        method=method,
+        num_matvecs=num_matvecs,
+        rel_std_error=rel_std_error if method == "adaptive" else None,
+        select=select,
+    )
+    return TraceEstimate(
+        float(res.estimate), float(res.std_error), int(res.num_matvecs), seconds, compiled, method, operator
+    )
+
+
+# ----------------------------------------------------------------------------
+# Eigenvalues
+
+
+@dataclasses.dataclass(frozen=True)
+class EigenvalueEstimate:
+    """Top-k (or bottom-k) eigenvalues with residuals and eigenvectors.
+
+    Attributes:
+      eigenvalues: ``(k,)`` numpy array (descending for "largest", ascending for "smallest").
+      residuals: ``(k,)`` residual norms :math:`\\lVert Hu - \\lambda u\\rVert`.
+      eigenvectors: ``(k, n)`` flat unit vectors; :meth:`direction` turns one into params.
+      num_matvecs, seconds, compiled, method, operator, which: what ran and what it cost.
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    eigenvectors: np.ndarray
+    num_matvecs: int
+    seconds: float
+    compiled: bool
+    method: str
+    operator: str
+    which: str
+    unravel: Any = dataclasses.field(repr=False, compare=False, default=None)
+
+    @property
+    def condition_number(self) -> float:
+        """:math:`|\\lambda_1| / |\\lambda_k|` over the k eigenvalues found."""
+        return float(abs(self.eigenvalues[0]) / abs(self.eigenvalues[-1]))
+
+    def direction(self, i: int = 0):
+        """Eigenvector i as a params pytree (zeros outside a ``select``-ed subset)."""
+        return self.unravel(jnp.asarray(self.eigenvectors[i]))
+
+    def __str__(self) -> str:
+        vals = ", ".join(f"{v:.6g}" for v in self.eigenvalues)
+        label = "λ_max" if self.which == "largest" else "λ_min"
+        if len(self.eigenvalues) > 1:
+            label = f"top-{len(self.eigenvalues)} λ" if self.which == "largest" else f"bottom-{len(self.eigenvalues)} λ"
+        return (
+            f"{_TITLES[self.operator]} {label} = [{vals}] (residual ≤ {np.max(self.residuals):.2g}; "
+            f"{self.method}, {self.num_matvecs} matvecs, {_time_note(self.seconds, self.compiled)})"
+        )
+
+    __repr__ = __str__
+
+
+@functools.partial(jax.jit, static_argnames=("operator", "method", "k", "num_steps", "which", "select"))
+def _eigen_impl(objective, params, key, batch, *, operator, method, k, num_steps, which, select):
+    op = _operator(operator, objective, params, batch, key, select)
+    if method == "lanczos":
+        return eigen_lib.top_eigenpairs(op, key, k=k, num_steps=num_steps, which=which)
+    elif method == "power":
+        return eigen_lib.power_iteration(op, key, k=k, num_steps=num_steps)
+    elif method == "exact":
+        full = dense_lib.exact_eigh(op)
+        idx = jnp.arange(k) if which == "largest" else jnp.arange(op.size - 1, op.size - 1 - k, -1)
+        return eigen_lib.EigenResult(
+            full.eigenvalues[idx], full.eigenvectors[idx], full.residuals[idx], full.num_matvecs, full.converged[idx]
+        )
+    else:
+        raise ValueError(f"method must be one of {EIGEN_METHODS}, got {method!r}")
+
+
+def hessian_eigenvalues(
+    objective,
+    params=None,
+    k: int = 1,
+    key: jax.Array | None = None,
+    *,
+    method: str = "lanczos",
+    num_steps: int | None = None,
+    which: str = "largest",
+    exact: bool = False,
+    operator: str = "hessian",
+    batch=None,
+    select=None,
+) -> EigenvalueEstimate:
+    r"""The k largest (or smallest) eigenvalues of the Hessian (or GGN / Fisher) of the mean loss.
+
+    Args:
+      objective: a :class:`losslab.Objective`.
+      params: the point; None uses ``objective.params``.
+      k: number of eigenvalues.
+      key: PRNG key (None: ``jax.random.key(0)``).
+      method: "lanczos" (full reorthogonalisation, Lanczos 1950; default), "power"
+        (power iteration with deflation, largest magnitude; ``which`` must be "largest")
+        or "exact" (dense ``eigh``; small models).
+      num_steps: Lanczos steps (default ``min(n, max(4k, 40))``) or power iterations per
+        pair (default 100).
+      which: "largest" or "smallest".
+      exact: shorthand for ``method="exact"``.
+      operator, batch, select: as in :func:`hessian_trace`.
+
+    Returns:
+      An :class:`EigenvalueEstimate`.
+    """
+    method = "exact" if exact else method
+    if method not in EIGEN_METHODS:
+        raise ValueError(f"method must be one of {EIGEN_METHODS}, got {method!r}")
+    if which not in eigen_lib.WHICH:
+        raise ValueError(f"which must be one of {eigen_lib.WHICH}, got {which!r}")
+    if method == "power" and which != "largest":
+        raise ValueError(
+            "power iteration finds the largest-magnitude eigenvalues; use method='lanczos' for which='smallest'"
+        )
+    params, key = _prepare(objective, params, key, operator, select)
+    restriction, _, size, _ = ops._restrict(params, select)
+    if not 1 <= k <= size:
+        raise ValueError(f"k must be in [1, n={size}], got {k}")
+    if method == "power" and num_steps is None:
+        num_steps = 100
+    res, seconds, compiled = _timed(
+        _eigen_impl,
+        objective,
+        params,
+        key,
+        batch,
+        operator=operator,
+        method=method,
+        k=k,
+        num_steps=num_steps,
+        which=which,
+        select=select,
+    )
+    return EigenvalueEstimate(
+        np.asarray(res.eigenvalues),
+        np.asarray(res.residuals),
+        np.asarray(res.eigenvectors),
+        int(res.num_matvecs),
+        seconds,
+        compiled,
+        method,
+        operator,
+        which,
+        restriction.unravel,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Density
+
+
+@dataclasses.dataclass(frozen=True)
+class DensityEstimate:
+    """A spectral density (see :class:`~losslab.curvature.density.DensityResult`) with a summary line.
+
+    Attributes:
+      result: the :class:`DensityResult` (grid, density, nodes, weights, ...), as numpy.
+      seconds, compiled, method, operator: what ran and what it cost.
+    """
+
+    result: density_lib.DensityResult
+    seconds: float
+    compiled: bool
+    method: str
+    operator: str
+
+    @property
+    def grid(self) -> np.ndarray:
+        return np.asarray(self.result.grid)
+
+    @property
+    def density(self) -> np.ndarray:
+        return np.asarray(self.result.density)
+
+    @property
+    def negative_fraction(self) -> float:
+        return float(self.result.negative_fraction)
+
+    @property
+    def negative_count(self) -> float:
+        return float(self.result.negative_count)
+
+    def plot(self, ax=None, **kwargs):
+        """Draws the density with log-scale y (:func:`losslab.plot.spectrum.density`); returns the figure."""
+        from losslab.plot.spectrum import density
+
+        return density(self, ax=ax, **kwargs)
+
+    def __str__(self) -> str:
+        r = self.result
+        nodes = np.asarray(r.nodes)
+        probes, steps = nodes.shape
+        return (
+            f"{_TITLES[self.operator]} spectral density: λ ∈ [{nodes.min():.4g}, {nodes.max():.4g}], "
+            f"negative fraction {100 * self.negative_fraction:.2f}% (≈ {self.negative_count:.0f} of {int(r.size)}), "
+            f"σ = {float(r.sigma):.2g} ({self.method}: {probes} probe(s) × {steps} nodes, "
+            f"{int(r.num_matvecs)} matvecs, {_time_note(self.seconds, self.compiled)})"
+        )
+
+    __repr__ = __str__
+
+
+@functools.partial(
+    jax.jit, static_argnames=("operator", "method", "num_steps", "num_probes", "grid", "sigma", "select")
+)
+def _density_impl(objective, params, key, batch, *, operator, method, num_steps, num_probes, grid, sigma, select):
+    op = _operator(operator, objective, params, batch, key, select)
+    if method == "slq":
+        return density_lib.spectral_density(op, key, num_steps=num_steps, num_probes=num_probes, grid=grid, sigma=sigma)
+    elif method == "exact":
+        return density_lib.exact_density(dense_lib.exact_eigh(op).eigenvalues, grid=grid, sigma=sigma)
+    else:
+        raise ValueError(f"method must be one of ('slq', 'exact'), got {method!r}")
+
+
+def hessian_density(
+    objective,
+    params=None,
+    key: jax.Array | None = None,
+    *,
+    num_steps: int = 80,
+    num_probes: int = 4,
+    grid: int = 1000,
+    sigma: float | None = None,
+    exact: bool = False,
+    operator: str = "hessian",
+    batch=None,
+    select=None,
+) -> DensityEstimate:
+    r"""The eigenvalue density of the Hessian (or GGN / Fisher) by stochastic Lanczos quadrature.
+
+    Ghorbani, Krishnan & Xiao 2019. ``num_probes`` × ``num_steps`` matvecs; ``exact=True``
+    broadens the exact spectrum instead (small models).
+
+    Args:
+      objective, params, key, operator, batch, select: as in :func:`hessian_trace`.
+      num_steps: Lanczos steps per probe (capped at n).
+      num_probes: probes averaged.
+      grid: number of grid points.
+      sigma: Gaussian broadening width (None: 1% of the spectral range).
+      exact: dense eigendecomposition instead of SLQ.
+
+    Returns:
+      A :class:`DensityEstimate`; ``.plot()`` draws it.
+    """
+    params, key = _prepare(objective, params, key, operator, select)
+    _, _, size, _ = ops._restrict(params, select)
+    method = "exact" if exact else "slq"
+    res, seconds, compiled = _timed(
+        _density_impl,
+        objective,
+        params,
+        key,
+        batch,
+        operator=operator,
+        method=method,
+        num_steps=min(num_steps, size),
+        num_probes=num_probes,
+        grid=grid,
+        sigma=sigma,
+        select=select,
+    )
+    return DensityEstimate(jax.tree.map(np.asarray, res), seconds, compiled, method, operator)

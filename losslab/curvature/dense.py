@@ -1,0 +1,58 @@
+"""Exact mode for small models: dense curvature matrices and full eigendecompositions.
+
+Every matrix-free operator can be materialised (n matvecs) and diagonalised
+(``eigh``, O(n³)), so any estimate can be checked on a small model; with
+``jax_enable_x64`` everything runs in float64.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from losslab.curvature.eigen import EigenResult
+from losslab.curvature.operators import (
+    LinearOperator,
+    fisher_operator,
+    ggn_operator,
+    hessian_operator,
+    to_dense,
+)
+
+Array = jax.Array
+
+
+def dense_hessian(objective, params=None, batch=None, *, include_regularizer: bool = True, select=None) -> Array:
+    """The ``(n, n)`` Hessian of the mean loss (see :func:`hessian_operator`), n matvecs."""
+    return to_dense(hessian_operator(objective, params, batch, include_regularizer=include_regularizer, select=select))
+
+
+def dense_ggn(objective, params=None, batch=None, *, select=None) -> Array:
+    """The ``(n, n)`` generalized Gauss-Newton matrix of the mean data loss (see :func:`ggn_operator`)."""
+    return to_dense(ggn_operator(objective, params, batch, select=select))
+
+
+def dense_fisher(objective, params=None, batch=None, *, select=None) -> Array:
+    """The ``(n, n)`` true Fisher of the mean data loss (see :func:`fisher_operator`)."""
+    return to_dense(fisher_operator(objective, params, batch, select=select))
+
+
+def exact_eigh(op: LinearOperator | Array) -> EigenResult:
+    """All n eigenpairs of an operator (or a dense symmetric matrix) by dense ``eigh``.
+
+    Cost: n matvecs to materialise, O(n³) to diagonalise. Returns an :class:`EigenResult`
+    with eigenvalues in *descending* order, eigenvectors as rows ``(n, n)``, and the exact
+    residuals :math:`\\lVert A u_i - \\lambda_i u_i \\rVert` of the dense solution.
+    """
+    if isinstance(op, LinearOperator):
+        matrix, n = to_dense(op), op.size
+    else:
+        matrix = jnp.asarray(op)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"exact_eigh needs an operator or a square matrix, got shape {matrix.shape}")
+        n = matrix.shape[0]
+    sym = 0.5 * (matrix + matrix.T)
+    w, v = jnp.linalg.eigh(sym)
+    w, v = w[::-1], v[:, ::-1].T
+    residuals = jnp.linalg.norm(v @ sym - w[:, None] * v, axis=1)
+    return EigenResult(w, v, residuals, jnp.asarray(n), jnp.ones((n,), bool))
