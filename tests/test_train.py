@@ -203,3 +203,11 @@ def test_history_round_trips_through_json(objective):
     again = History.from_dict(json.loads(json.dumps(r.history.as_dict())))
     assert again == r.history
     assert jnp.isfinite(jnp.asarray(again.train_loss)).all()
+
+
+def test_eval_every_period_and_validation(objective):
+    r = train(objective, optimizer="sgd", learning_rate=0.1, batch_size=64, epochs=5, key=0, eval_every=2)
+    evaluated = [np.isfinite(v) for v in r.history.val_loss]
+    assert evaluated == [False, True, False, True, True]  # every 2nd epoch and the last
+    with pytest.raises(ValueError, match="need evaluations"):
+        train(objective, epochs=2, eval_every=0, early_stopping=EarlyStopping())
