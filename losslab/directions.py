@@ -151,7 +151,9 @@ def normalize_direction(
     out = jax.tree.map(leaf, direction, params)
     if normalization == "model":
         # With biases zeroed, the target is the norm of the kernels the direction moves.
-        target = params if biases == "keep" else jax.tree.map(lambda p: p if jnp.ndim(p) > 1 else jnp.zeros_like(p), params)
+        target = (
+            params if biases == "keep" else jax.tree.map(lambda p: p if jnp.ndim(p) > 1 else jnp.zeros_like(p), params)
+        )
         out = tree_scale(out, _safe_ratio(tree_norm(target), tree_norm(out)))
     return out
 

@@ -49,12 +49,16 @@ def test_filter_normalisation_matches_each_filter_norm():
 def test_keep_biases_layer_and_model_normalisation():
     params = conv_params()
     d = D.random_direction(params, jax.random.key(1), biases="keep")
-    np.testing.assert_allclose(jnp.linalg.norm(d["dense"][0]["bias"]), jnp.linalg.norm(params["dense"][0]["bias"]), rtol=EXACT)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(d["dense"][0]["bias"]), jnp.linalg.norm(params["dense"][0]["bias"]), rtol=EXACT
+    )
     assert float(jnp.linalg.norm(d["norm"]["bias"])) == 0.0  # zero params -> zero direction, not NaN
     assert np.all(np.isfinite(ravel_pytree(d)[0]))
 
     d = D.random_direction(params, jax.random.key(1), normalization="layer")
-    np.testing.assert_allclose(jnp.linalg.norm(d["conv"]["kernel"]), jnp.linalg.norm(params["conv"]["kernel"]), rtol=EXACT)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(d["conv"]["kernel"]), jnp.linalg.norm(params["conv"]["kernel"]), rtol=EXACT
+    )
     col = np.linalg.norm(d["conv"]["kernel"].reshape(-1, 5), axis=0)
     assert np.ptp(col / np.linalg.norm(params["conv"]["kernel"].reshape(-1, 5), axis=0)) > 1e-3
 
