@@ -81,6 +81,23 @@ def sam(learning_rate, *, rho: float = 0.05, base: str = "sgd", **options):
     return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
+def _natural(name):
+    """A factory that imports losslab.natural / losslab.kfac only when the optimizer is built."""
+
+    def factory(learning_rate, **options):
+        from losslab import kfac, natural
+
+        return {
+            "ngd": natural.ngd,
+            "ngd_empirical": natural.ngd_empirical,
+            "diag_fisher": natural.diag_fisher,
+            "kfac": kfac.kfac,
+        }[name](learning_rate, **options)
+
+    factory.__doc__ = f"Natural-gradient optimizer {name!r}; see losslab.natural / losslab.kfac."
+    return factory
+
+
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "sgd": sgd,
     "momentum": momentum,
@@ -89,6 +106,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "adamw": adamw,
     "rmsprop": rmsprop,
     "sam": sam,
+    **{name: _natural(name) for name in ("ngd", "ngd_empirical", "kfac", "diag_fisher")},
 }
 
 

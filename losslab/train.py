@@ -202,7 +202,14 @@ def _build_epoch(tx, steps: int, batch_size: int, probes: tuple, probe_every: in
                 return jax.grad(lambda q: loss_fn(q)[0])(p)
 
             updates, opt_state = tx.update(
-                grads, opt_state, params, value=loss, grad_fn=grad_fn, batch=batch, key=drop_key
+                grads,
+                opt_state,
+                params,
+                value=loss,
+                grad_fn=grad_fn,
+                batch=batch,
+                key=drop_key,
+                objective=obj.replace(state=state),
             )
             params = optax.apply_updates(params, updates)
 

@@ -44,7 +44,7 @@ def test_same_seed_identical_history_different_seed_differs(objective):
 
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_every_optimizer_lowers_the_loss(objective, name):
-    lr = {"sgd": 0.5, "momentum": 0.1, "nesterov": 0.1, "sam": 0.5}.get(name, 0.02)
+    lr = {"sgd": 0.5, "momentum": 0.1, "nesterov": 0.1, "sam": 0.5, "ngd": 0.3, "ngd_empirical": 0.3, "kfac": 0.1, "diag_fisher": 0.1}.get(name, 0.02)
     before = float(objective.loss(objective.params))
     result = train(objective, optimizer=name, learning_rate=lr, batch_size=64, epochs=3, key=0)
     assert result.history.train_eval_loss[-1] < 0.8 * before, name
