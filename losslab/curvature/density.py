@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from losslab.curvature.eigen import _check_steps, lanczos
 from losslab.curvature.operators import LinearOperator
-from losslab.curvature.trace import DISTRIBUTIONS, _probe
+from losslab.curvature.trace import DISTRIBUTIONS, _probe, check_mesh, shard_probes
 
 Array = jax.Array
 
@@ -116,6 +116,8 @@ def spectral_density(
     chunk_size: int = 1,
     grid_chunk_size: int = 512,
     reorthogonalize: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
 ) -> DensityResult:
     r"""Stochastic Lanczos quadrature estimate of the eigenvalue density of ``op``.
 
@@ -137,6 +139,7 @@ def spectral_density(
       chunk_size: probes run together (each holds an ``(m, n)`` basis in memory).
       grid_chunk_size: grid points evaluated together (memory: chunk × P m).
       reorthogonalize: full reorthogonalisation in Lanczos.
+      mesh, axis: optional ``jax.sharding.Mesh``; each chunk of probes is split over ``axis``.
 
     Returns:
       A :class:`DensityResult`.
@@ -149,6 +152,7 @@ def spectral_density(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _check_steps(op, num_steps)
     _validate_grid(grid, sigma, rel_sigma)
+    check_mesh(mesh, axis, min(chunk_size, num_probes))
 
     def one(k):
         probe_key, lanczos_key = jax.random.split(k)
@@ -157,7 +161,17 @@ def spectral_density(
         theta, s = jnp.linalg.eigh(res.tridiagonal())
         return theta, s[0, :] ** 2
 
-    nodes, weights = jax.lax.map(one, jax.random.split(key, num_probes), batch_size=min(chunk_size, num_probes))
+    batched = jax.vmap(one)
+    chunk = min(chunk_size, num_probes)
+    keys = jax.random.split(key, num_probes)
+    full = num_probes // chunk
+    head = keys[: full * chunk].reshape(full, chunk, *keys.shape[1:])
+    nodes, weights = jax.lax.map(lambda ks: batched(shard_probes(ks, mesh, axis)), head)
+    nodes, weights = nodes.reshape(full * chunk, num_steps), weights.reshape(full * chunk, num_steps)
+    if num_probes > full * chunk:
+        rest_nodes, rest_weights = batched(keys[full * chunk :])
+        nodes = jnp.concatenate([nodes, rest_nodes])
+        weights = jnp.concatenate([weights, rest_weights])
     return _density_from_nodes(nodes, weights, grid, sigma, rel_sigma, grid_chunk_size, num_probes * num_steps, op.size)
 
 

@@ -80,12 +80,40 @@ def _chunk_stats(values):
     return count, mean, jnp.sum((values - mean) ** 2, axis=0)
 
 
-def _map_stats(fn, keys, chunk_size: int):
+def shard_probes(keys, mesh, axis: str):
+    """Constrains a chunk of probe keys to be split over ``axis`` of ``mesh`` (no-op without a mesh).
+
+    The vectorised matvecs inherit the sharding, so each device runs its share of the
+    probes; a chunk that does not split evenly stays replicated.
+    """
+    if mesh is None or keys.shape[0] % mesh.shape[axis]:
+        return keys
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+    return jax.lax.with_sharding_constraint(keys, sharding)
+
+
+def check_mesh(mesh, axis: str, chunk_size: int):
+    """Validates a probe mesh eagerly: the axis exists and divides ``chunk_size``."""
+    if mesh is None:
+        return
+    if axis not in mesh.axis_names:
+        raise ValueError(f"the mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
+    if chunk_size % mesh.shape[axis]:
+        raise ValueError(
+            f"chunk_size={chunk_size} probes do not split evenly over the {mesh.shape[axis]} devices of axis {axis!r}"
+        )
+
+
+def _map_stats(fn, keys, chunk_size: int, mesh=None, axis: str = "data"):
     """(count, mean, M2) of ``fn(key)`` over keys, chunk by chunk in one ``lax.scan``."""
     m = keys.shape[0]
     chunk_size = min(chunk_size, m)
     full, rem = divmod(m, chunk_size)
-    batched = jax.vmap(fn)
+    vmapped = jax.vmap(fn)
+
+    def batched(ks):
+        return vmapped(shard_probes(ks, mesh, axis))
+
     head = keys[: full * chunk_size].reshape(full, chunk_size, *keys.shape[1:])
     stats = _chunk_stats(batched(head[0]))
     if full > 1:
@@ -104,6 +132,8 @@ def hutchinson_trace(
     chunk_size: int = DEFAULT_CHUNK,
     rel_std_error: float | None = None,
     min_probes: int = 10,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
 ) -> TraceResult:
     r"""Hutchinson's estimator :math:`\operatorname{tr} A \approx \frac1m \sum_j v_j^\top A v_j`.
 
@@ -125,11 +155,15 @@ def hutchinson_trace(
       chunk_size: probes vectorised together (memory: chunk_size vectors).
       rel_std_error: optional target relative standard error.
       min_probes: probes always spent before the adaptive stopping rule applies.
+      mesh: optional ``jax.sharding.Mesh``: each chunk of probes is split over ``axis``
+        (``chunk_size`` must be a multiple of the axis size). Same numbers as one device.
+      axis: the mesh axis for probes.
 
     Returns:
       A :class:`TraceResult` (estimate, std_error, num_matvecs).
     """
     _check(distribution, chunk_size)
+    check_mesh(mesh, axis, chunk_size)
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2 to report a standard error, got {num_probes}")
     n, dtype = op.size, op.dtype
@@ -140,7 +174,7 @@ def hutchinson_trace(
 
     keys = jax.random.split(key, num_probes)
     if rel_std_error is None:
-        count, mean, m2 = _map_stats(quad, keys, chunk_size)
+        count, mean, m2 = _map_stats(quad, keys, chunk_size, mesh, axis)
         return TraceResult(mean, jnp.sqrt(m2 / (count - 1) / count), jnp.asarray(num_probes))
 
     if not rel_std_error > 0:
@@ -163,7 +197,7 @@ def hutchinson_trace(
 
     def body(s):
         i, stats = s
-        return i + 1, _merge(stats, _chunk_stats(batched(chunks[i])))
+        return i + 1, _merge(stats, _chunk_stats(batched(shard_probes(chunks[i], mesh, axis))))
 
     zero = jnp.zeros((), dtype)
     i, stats = jax.lax.while_loop(cond, body, (0, (zero, zero, zero)))
@@ -234,6 +268,8 @@ def hutchinson_diagonal(
     num_probes: int = 100,
     distribution: str = "rademacher",
     chunk_size: int = DEFAULT_CHUNK,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
 ) -> DiagonalResult:
     r"""Diagonal estimator :math:`\operatorname{diag} A \approx \frac1m \sum_j v_j \odot A v_j`.
 
@@ -246,11 +282,13 @@ def hutchinson_diagonal(
       num_probes: m >= 2 (cost m matvecs).
       distribution: "rademacher" or "gaussian".
       chunk_size: probes vectorised together.
+      mesh, axis: optional probe sharding, as in :func:`hutchinson_trace`.
 
     Returns:
       A :class:`DiagonalResult` with ``(n,)`` estimate and standard errors.
     """
     _check(distribution, chunk_size)
+    check_mesh(mesh, axis, chunk_size)
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2, got {num_probes}")
 
@@ -258,5 +296,5 @@ def hutchinson_diagonal(
         v = _probe(k, op.size, op.dtype, distribution)
         return v * op.matvec(v)
 
-    count, mean, m2 = _map_stats(prod, jax.random.split(key, num_probes), chunk_size)
+    count, mean, m2 = _map_stats(prod, jax.random.split(key, num_probes), chunk_size, mesh, axis)
     return DiagonalResult(mean, jnp.sqrt(m2 / (count - 1) / count), jnp.asarray(num_probes))
