@@ -42,6 +42,7 @@ import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from losslab.curvature.operators import LinearOperator
 from losslab.objective import chunked_sum
 
 Array = jax.Array
@@ -428,23 +429,6 @@ def _apply_blocks(params_like, layers, mask, left, right, diag_fn):
     return jax.tree.unflatten(treedef, leaves)
 
 
-class KFACOperator(NamedTuple):
-    r"""Block-diagonal Kronecker curvature operator :math:`\mathrm{blockdiag}(A_\ell \otimes G_\ell) + \lambda I`.
-
-    Same interface as the :mod:`losslab.curvature` operators: ``matvec`` on flat vectors, ``size``,
-    ``ravel``, ``unravel``, ``dtype``, ``symmetric``; plus ``factors`` and ``layers``.
-    """
-
-    matvec: Callable[[Array], Array]
-    size: int
-    ravel: Callable[[Any], Array]
-    unravel: Callable[[Array], Any]
-    dtype: Any
-    factors: KFACFactors
-    layers: tuple
-    symmetric: bool = True
-
-
 def kfac_operator(
     objective,
     params,
@@ -454,7 +438,7 @@ def kfac_operator(
     estimator: str = "exact",
     num_samples: int = 1,
     damping: float = 0.0,
-) -> KFACOperator:
+) -> LinearOperator:
     r"""K-FAC's approximation of the Fisher as a matrix-free operator on flat parameter vectors.
 
     :math:`\tilde F v`: for each Dense/Conv layer :math:`\mathrm{vec}^{-1}(v_\ell) \mapsto
@@ -464,7 +448,9 @@ def kfac_operator(
     Exact (equal to the Fisher) for a single Dense layer under Gaussian MSE; compare its spectrum
     with :func:`losslab.curvature.fisher_operator` elsewhere.
 
-    Cost: building = :func:`kfac_factors`; each matvec two small matmuls per layer (no model pass).
+    Returns a :class:`losslab.curvature.LinearOperator` (``psd=True``, ``name="kfac"``); the factors
+    themselves come from :func:`kfac_factors`. Cost: building = :func:`kfac_factors`; each matvec is two
+    small matmuls per layer (no model pass).
     """
     factors = kfac_factors(objective, params, batch, key=key, estimator=estimator, num_samples=num_samples)
     layers = find_layers(objective, params)
@@ -479,7 +465,9 @@ def kfac_operator(
         out = _apply_blocks(tree, layers, mask, factors.a, factors.g, lambda j, leaf: factors.diag[j] * leaf)
         return ravel(out) + damping * v
 
-    return KFACOperator(matvec, flat.size, ravel, unravel, flat.dtype, factors, layers)
+    return LinearOperator(
+        matvec=matvec, size=flat.size, dtype=flat.dtype, psd=True, ravel=ravel, unravel=unravel, name="kfac"
+    )
 
 
 # --------------------------------------------------------------------------

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from losslab.curvature.operators import LinearOperator
+
 Array = jax.Array
 
 CURVATURES = ("fisher", "empirical")
@@ -144,26 +146,7 @@ def cg_solve(
 # Minibatch Fisher operators (the optimizers' hot path)
 
 
-class BatchFisher(NamedTuple):
-    """A symmetric PSD operator on flat parameter vectors (same interface as :mod:`losslab.curvature`).
-
-    Attributes:
-      matvec: ``(n,) -> (n,)``.
-      size: n, the number of parameters.
-      ravel: params pytree -> flat ``(n,)`` vector.
-      unravel: flat vector -> params pytree.
-      dtype: the parameters' dtype.
-    """
-
-    matvec: Callable[[Array], Array]
-    size: int
-    ravel: Callable[[Any], Array]
-    unravel: Callable[[Array], Any]
-    dtype: Any
-    symmetric: bool = True
-
-
-def batch_fisher_operator(objective, params, batch, *, curvature: str = "fisher") -> BatchFisher:
+def batch_fisher_operator(objective, params, batch, *, curvature: str = "fisher") -> LinearOperator:
     r"""The Fisher of the mean loss on one minibatch, as a matrix-free operator.
 
     ``curvature="fisher"``: :math:`F v = \frac1B \sum_i J_i^\top \Lambda_i J_i v` with
@@ -172,8 +155,10 @@ def batch_fisher_operator(objective, params, batch, *, curvature: str = "fisher"
     with :math:`G` the ``(B, n)`` matrix of per-example gradients (Kunstner et al. 2019), applied as
     a JVP then a VJP of the per-example loss vector, never materialised.
 
-    The forward pass is linearised once (``jax.linearize``); each matvec is one JVP + one VJP,
-    about the cost of one gradient. Eval mode (no dropout, stored BatchNorm statistics); the
+    Returns a :class:`losslab.curvature.LinearOperator` (``psd=True``). Unlike
+    :func:`losslab.curvature.fisher_operator` (chunked over a dataset, for analysis) it linearises the
+    forward pass once (``jax.linearize``) and reuses it for every CG step: the optimizer's hot path.
+    Each matvec is one JVP + one VJP, about the cost of one gradient. Eval mode (no dropout, stored BatchNorm statistics); the
     regularizers' curvature is not included (damping plays its role).
 
     Args:
@@ -211,7 +196,15 @@ def batch_fisher_operator(objective, params, batch, *, curvature: str = "fisher"
 
     else:
         raise ValueError(f"unknown curvature {curvature!r}; valid: {', '.join(CURVATURES)}")
-    return BatchFisher(matvec, flat.size, ravel, unravel, flat.dtype)
+    return LinearOperator(
+        matvec=matvec,
+        size=flat.size,
+        dtype=flat.dtype,
+        psd=True,
+        ravel=ravel,
+        unravel=unravel,
+        name=f"batch_{curvature}",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -471,10 +464,9 @@ def diag_fisher(
             lambda d, gi: decay * d + (1 - decay) * jnp.mean(gi**2, axis=0), state.diagonal, grads_i
         )
         mom = jax.tree.map(lambda m, g: momentum * m + g, state.momentum, updates)
-        correction = 1 - decay ** count.astype(jnp.float32)
         lr = schedule(state.count)
         step = jax.tree.map(
-            lambda m, d: (-lr * m / ((d / correction.astype(d.dtype)) ** exponent + damping)).astype(m.dtype),
+            lambda m, d: (-lr * m / ((d / (1 - decay ** count.astype(d.dtype))) ** exponent + damping)).astype(m.dtype),
             mom,
             diagonal,
         )
