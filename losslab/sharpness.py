@@ -106,6 +106,10 @@ class Measure:
     def __call__(self, objective, params, key=None, **options) -> MeasureResult:
         if self.stochastic and key is None:
             raise ValueError(f"measure {self.name!r} is stochastic and needs a PRNG key")
+        # Measures see the data loss only; dropping the regularizers also lets runs that differ
+        # only in weight decay share compiled kernels.
+        if getattr(objective, "regularizers", ()):
+            objective = objective.replace(regularizers=())
         return self.fn(objective, params, key, **options)
 
     def invariant_to(self, symmetry: str) -> bool:
@@ -165,11 +169,12 @@ def _batch(objective, batch):
     return objective.batch("train") if batch is None else batch
 
 
-def _scale(params, adaptive_eta: float | None):
-    """Per-coordinate perturbation scale: 1 (plain) or |θ| + η (magnitude-aware)."""
-    if adaptive_eta is None:
-        return jax.tree.map(jnp.ones_like, params)
-    return jax.tree.map(lambda v: jnp.abs(v) + adaptive_eta, params)
+def _scale(params, adaptive, eta):
+    """Per-coordinate perturbation scale: 1 (plain) or |θ| + η (magnitude-aware).
+
+    ``adaptive`` is a traced 0/1 flag, so both variants share one compiled kernel.
+    """
+    return jax.tree.map(lambda v: jnp.where(adaptive, jnp.abs(v) + eta, jnp.ones_like(v)), params)
 
 
 def _float(x) -> float:
@@ -219,10 +224,10 @@ def _ascent(loss_fn, params, scale, key, rho, *, norm: str, num_steps: int, init
     return jnp.maximum(best, perturbed(delta))
 
 
-@partial(jax.jit, static_argnames=("norm", "num_steps", "m", "adaptive", "init_fraction"))
-def _worst_case_kernel(objective, params, batch, key, rho, eta, *, norm, num_steps, m, adaptive, init_fraction):
+@partial(jax.jit, static_argnames=("norm", "num_steps", "m", "init_fraction"))
+def _worst_case_kernel(objective, params, batch, key, rho, eta, adaptive, *, norm, num_steps, m, init_fraction):
     x, y = batch
-    scale = _scale(params, eta if adaptive else None)
+    scale = _scale(params, adaptive, eta)
     if m is None:
         loss_fn = lambda p: objective.data_loss(p, (x, y))
         base = loss_fn(params)
@@ -300,7 +305,7 @@ def worst_case_sharpness(
         if m > x.shape[0]:
             raise ValueError(f"m = {m} exceeds the {x.shape[0]} examples of the batch")
     value, base, spread = _worst_case_kernel(
-        objective, params, (x, y), key, rho, eta, norm=norm, num_steps=num_steps, m=m, adaptive=adaptive,
+        objective, params, (x, y), key, rho, eta, bool(adaptive), norm=norm, num_steps=num_steps, m=m,
         init_fraction=init_fraction,
     )
     info = {"rho": rho, "norm": norm, "adaptive": adaptive, "eta": eta, "num_steps": num_steps, "m": m,
@@ -338,7 +343,7 @@ def epsilon_sharpness(
     init_fraction = _positive("init_fraction", init_fraction)
     batch = _batch(objective, batch)
     rise, base, _ = _worst_case_kernel(
-        objective, params, batch, key, epsilon, 1.0, norm="linf", num_steps=num_steps, m=None, adaptive=True,
+        objective, params, batch, key, epsilon, 1.0, True, norm="linf", num_steps=num_steps, m=None,
         init_fraction=init_fraction,
     )
     value = 100.0 * _float(rise) / (1.0 + _float(base))
@@ -355,12 +360,12 @@ def _error_fn(objective, batch):
     return lambda p: 1.0 - objective.accuracy(p, (x, y))
 
 
-@partial(jax.jit, static_argnames=("num_samples", "adaptive", "metric"))
-def _noise_deviations(objective, params, batch, key, sigma, eta, *, num_samples, adaptive, metric):
+@partial(jax.jit, static_argnames=("num_samples", "metric"))
+def _noise_deviations(objective, params, batch, key, sigma, eta, adaptive, *, num_samples, metric):
     r"""Per-pair antithetic deviations ``½[m(θ+σTz) + m(θ−σTz)] − m(θ)``, shape ``(num_samples,)``."""
     fn = (lambda p: objective.data_loss(p, batch)) if metric == "loss" else _error_fn(objective, batch)
     base = fn(params)
-    scale = _scale(params, eta if adaptive else None)
+    scale = _scale(params, adaptive, eta)
     keys = jax.random.split(key, num_samples)
 
     def one(k):
@@ -399,7 +404,7 @@ def average_sharpness(
     eta = _nonnegative("eta", eta)
     num_samples = _count("num_samples", num_samples, 2)
     devs, base = _noise_deviations(
-        objective, params, _batch(objective, batch), key, sigma, eta, num_samples=num_samples, adaptive=adaptive,
+        objective, params, _batch(objective, batch), key, sigma, eta, bool(adaptive), num_samples=num_samples,
         metric="loss",
     )
     devs = np.asarray(devs, np.float64)
@@ -455,7 +460,7 @@ def pacbayes_flatness(
 
     def deviation(sigma):
         devs, _ = _noise_deviations(
-            objective, params, batch, key, sigma, eta, num_samples=num_samples, adaptive=adaptive, metric=metric
+            objective, params, batch, key, sigma, eta, bool(adaptive), num_samples=num_samples, metric=metric
         )
         return np.asarray(devs, np.float64)
 
