@@ -332,7 +332,7 @@ def interpolation(
             xytext=(2, -12),
             fontsize=8,
         )
-    ax.legend(handles, labels, fontsize=8, loc="upper center")
+    ax.legend(handles, labels, fontsize=8, loc="best")
     if title:
         ax.set_title(title)
     return fig
