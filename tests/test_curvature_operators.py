@@ -159,11 +159,13 @@ def test_mc_fisher_is_a_fixed_matrix_for_a_key(tiny):
 def test_empirical_fisher_is_mean_outer_product_of_per_example_gradients(tiny):
     x, y = tiny.batch()
     flat, unravel = ravel_pytree(tiny.params)
-    grads = jax.vmap(jax.grad(lambda f, xi, yi: tiny.loss_fn(tiny.outputs(unravel(f), xi[None]), yi[None])[0]), (None, 0, 0))(
-        flat, x, y
-    )
+    grads = jax.vmap(
+        jax.grad(lambda f, xi, yi: tiny.loss_fn(tiny.outputs(unravel(f), xi[None]), yi[None])[0]), (None, 0, 0)
+    )(flat, x, y)
     expected = grads.T @ grads / x.shape[0]
-    np.testing.assert_allclose(cv.to_dense(cv.empirical_fisher_operator(tiny)), expected, rtol=EXACT_RTOL, atol=EXACT_ATOL)
+    np.testing.assert_allclose(
+        cv.to_dense(cv.empirical_fisher_operator(tiny)), expected, rtol=EXACT_RTOL, atol=EXACT_ATOL
+    )
 
 
 def test_empirical_fisher_differs_from_fisher_as_kunstner_et_al_say():
@@ -213,7 +215,9 @@ def test_parameter_blocks_equal_dense_sub_blocks(tiny, select):
     assert op.size == mask.sum()
     np.testing.assert_allclose(op.to_dense(), full[np.ix_(mask, mask)], rtol=EXACT_RTOL, atol=EXACT_ATOL)
     block = np.asarray(cv.dense_ggn(tiny, select=select))
-    np.testing.assert_allclose(block, np.asarray(cv.dense_ggn(tiny))[np.ix_(mask, mask)], rtol=EXACT_RTOL, atol=EXACT_ATOL)
+    np.testing.assert_allclose(
+        block, np.asarray(cv.dense_ggn(tiny))[np.ix_(mask, mask)], rtol=EXACT_RTOL, atol=EXACT_ATOL
+    )
     # unravel puts zeros outside the selection; ravel picks the selection back out.
     vec = jnp.arange(op.size, dtype=jnp.float64)
     tree = op.unravel(vec)

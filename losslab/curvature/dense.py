@@ -7,6 +7,8 @@ Every matrix-free operator can be materialised (n matvecs) and diagonalised
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -22,19 +24,49 @@ from losslab.curvature.operators import (
 Array = jax.Array
 
 
+@functools.partial(jax.jit, static_argnames=("kind", "include_regularizer", "select"))
+def _dense(objective, params, batch, *, kind, include_regularizer, select):
+    # The Objective is a jit argument (a pytree), so repeated calls reuse one compiled program.
+    if kind == "hessian":
+        op = hessian_operator(objective, params, batch, include_regularizer=include_regularizer, select=select)
+    elif kind == "ggn":
+        op = ggn_operator(objective, params, batch, select=select)
+    elif kind == "fisher":
+        op = fisher_operator(objective, params, batch, select=select)
+    else:
+        raise ValueError(f"kind must be hessian, ggn or fisher, got {kind!r}")
+    return to_dense(op)
+
+
+def _params(objective, params):
+    return objective.params if params is None else params
+
+
 def dense_hessian(objective, params=None, batch=None, *, include_regularizer: bool = True, select=None) -> Array:
-    """The ``(n, n)`` Hessian of the mean loss (see :func:`hessian_operator`), n matvecs."""
-    return to_dense(hessian_operator(objective, params, batch, include_regularizer=include_regularizer, select=select))
+    """The ``(n, n)`` Hessian of the mean loss (see :func:`hessian_operator`), n matvecs, jitted."""
+    return _dense(
+        objective,
+        _params(objective, params),
+        batch,
+        kind="hessian",
+        include_regularizer=include_regularizer,
+        select=select,
+    )
 
 
 def dense_ggn(objective, params=None, batch=None, *, select=None) -> Array:
-    """The ``(n, n)`` generalized Gauss-Newton matrix of the mean data loss (see :func:`ggn_operator`)."""
-    return to_dense(ggn_operator(objective, params, batch, select=select))
+    """The ``(n, n)`` generalized Gauss-Newton matrix of the mean data loss (see :func:`ggn_operator`), jitted."""
+    return _dense(objective, _params(objective, params), batch, kind="ggn", include_regularizer=False, select=select)
 
 
 def dense_fisher(objective, params=None, batch=None, *, select=None) -> Array:
-    """The ``(n, n)`` true Fisher of the mean data loss (see :func:`fisher_operator`)."""
-    return to_dense(fisher_operator(objective, params, batch, select=select))
+    """The ``(n, n)`` true Fisher of the mean data loss (see :func:`fisher_operator`), jitted.
+
+    Raises:
+      ValueError: the loss is not a negative log-likelihood.
+    """
+    objective.loss_fn.require_likelihood()
+    return _dense(objective, _params(objective, params), batch, kind="fisher", include_regularizer=False, select=select)
 
 
 def exact_eigh(op: LinearOperator | Array) -> EigenResult:

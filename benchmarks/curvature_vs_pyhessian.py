@@ -1,0 +1,427 @@
+"""losslab.curvature vs PyHessian 0.1 (PyTorch, CPU) on the MNIST-1D MLP, same weights, same data.
+
+Run: ``python -m benchmarks.curvature_vs_pyhessian [--reps 3] [--quick]``
+
+Model 40-256-256-10 (ReLU), the full 4,000-sample MNIST-1D training batch
+(train + validation of ``losslab.data.load("mnist1d")``), cross-entropy, float32.
+Every framework runs in its own subprocess, alternating JAX / torch for
+``--reps`` rounds; medians and same-round ratios are printed.
+
+Measured cases
+  equal work      trace with 100 Hutchinson probes; λ_max with 100 power iterations;
+                  SLQ density with 50 Lanczos steps (1 probe);
+  equal accuracy  trace to <= 5% relative standard error (losslab: Hutch++ and adaptive
+                  Hutchinson; PyHessian: its Hutchinson, stopped at the same criterion);
+                  λ_max within 1e-3 relative of the reference (a 150-step Lanczos value;
+                  losslab: Lanczos; PyHessian: power iteration);
+  small model     40-32-10 at equal work;
+  HVP / gradient  time of one full-batch HVP over one gradient in losslab.
+
+PyHessian notes: a ``hessian`` object accumulates gradients into the model, so the
+worker builds a fresh model per measurement; ``density`` calls the removed
+``torch.eig``, so the worker supplies it via ``torch.linalg.eigh`` (T is symmetric).
+Chunk sizes (probes per vectorised chunk, data rows per chunk) are chosen by measurement
+in the JAX worker and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+EQUAL_WORK = ("trace100", "eig100", "slq50")
+ACCURACY = ("trace5pct", "lmax1e-3")
+MAX_POWER = 300  # cap on PyHessian power iterations in the λ_max-to-1e-3 case
+TARGETS = {"trace100": 1.5, "eig100": 2.0, "slq50": 1.9, "trace5pct": 5.0, "lmax1e-3": 3.0, "small": 5.0}
+
+
+# ----------------------------------------------------------------------------
+# Problem setup (parent process)
+
+
+def make_problem(path: str, widths: tuple[int, ...], seed: int = 0) -> None:
+    """Writes data and initial weights (losslab's init) to ``path`` (npz)."""
+    import jax
+
+    from losslab import data, models
+
+    ds = data.load("mnist1d", seed=0)
+    x = np.concatenate([ds.x_train, ds.x_val]).astype(np.float32)[:4000]
+    y = np.concatenate([ds.y_train, ds.y_val]).astype(np.int64)[:4000]
+    model = models.create("mlp", input_shape=(40,), output_dim=10, widths=widths, seed=seed)
+    from flax import nnx
+
+    params = nnx.split(model, nnx.Param, ...)[1].to_pure_dict()
+    arrays = {"x": x, "y": y, "widths": np.asarray(widths)}
+    layers = [params["layers"][i] for i in range(len(widths))] + [params["head"]]
+    for i, layer in enumerate(layers):
+        arrays[f"kernel{i}"] = np.asarray(jax.device_get(layer["kernel"]), np.float32)
+        arrays[f"bias{i}"] = np.asarray(jax.device_get(layer["bias"]), np.float32)
+    np.savez(path, **arrays)
+
+
+# ----------------------------------------------------------------------------
+# JAX worker
+
+
+def jax_worker(path: str, tasks: list[str], reference: float | None) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from losslab import Objective, models
+    from losslab import curvature as cv
+
+    arr = np.load(path)
+    widths = tuple(int(w) for w in arr["widths"])
+
+    class DS:
+        x_train, y_train = arr["x"], arr["y"].astype(np.int32)
+        x_val = y_val = x_test = y_test = None
+        task, num_classes, name = "classification", 10, "mnist1d"
+
+    model = models.create("mlp", input_shape=(40,), output_dim=10, widths=widths)
+    obj = Objective(model, "cross_entropy", DS(), chunk_size=4000)
+    params = jax.tree.map(lambda a: a, obj.params)
+    for i in range(len(widths) + 1):
+        layer = params["head"] if i == len(widths) else params["layers"][i]
+        layer["kernel"] = jnp.asarray(arr[f"kernel{i}"])
+        layer["bias"] = jnp.asarray(arr[f"bias{i}"])
+    out: dict = {}
+
+    def timed(fn, *args, reps=1):
+        jax.block_until_ready(fn(*args))  # compile + warm up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            res = jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - t0)
+        return res, min(times)
+
+    key = jax.random.key(0)
+    hvp = jax.jit(lambda o, p, v: cv.hessian_operator(o, p).matvec(v))
+    grad = jax.jit(lambda o, p: jax.grad(o.loss)(p))
+    n = cv.hessian_operator(obj, params).size
+    v = jax.random.normal(key, (n,), jnp.float32)
+    if "hvp" in tasks:
+        _, t_hvp = timed(hvp, obj, params, v, reps=5)
+        _, t_grad = timed(grad, obj, params, reps=5)
+        out["hvp"] = {"hvp_s": t_hvp, "grad_s": t_grad, "ratio": t_hvp / t_grad}
+
+    # Probe chunk size by measurement (20 probes each); data chunking measured too.
+    chunk = 1
+    if "choose_chunk" in tasks:
+        timings = {}
+        for c in (1, 2, 5):
+            f = jax.jit(
+                lambda o, p, k, c=c: (
+                    cv.hutchinson_trace(cv.hessian_operator(o, p), k, num_probes=20, chunk_size=c).estimate
+                )
+            )
+            timings[c] = timed(f, obj, params, key)[1]
+        data_timings = {}
+        for rows in (500, 1000, 4000):
+            o2 = obj.replace(chunk_size=rows)
+            data_timings[rows] = timed(hvp, o2, params, v, reps=2)[1]
+        chunk = min(timings, key=timings.get)
+        best_rows = min(data_timings, key=data_timings.get)
+        obj = obj.replace(chunk_size=best_rows)
+        out["chunks"] = {
+            "probe_chunk_s": timings,
+            "data_rows_s": data_timings,
+            "probe_chunk": chunk,
+            "data_rows": best_rows,
+        }
+    else:
+        chunk = int(os.environ.get("CURVATURE_BENCH_CHUNK", "1"))
+        obj = obj.replace(chunk_size=int(os.environ.get("CURVATURE_BENCH_ROWS", "4000")))
+
+    if "trace100" in tasks:
+        f = jax.jit(lambda o, p, k: cv.hutchinson_trace(cv.hessian_operator(o, p), k, num_probes=100, chunk_size=chunk))
+        res, t = timed(f, obj, params, key)
+        out["trace100"] = {"value": float(res.estimate), "se": float(res.std_error), "s": t}
+    if "eig100" in tasks:
+        f = jax.jit(lambda o, p, k: cv.power_iteration(cv.hessian_operator(o, p), k, num_steps=100, tol=0.0))
+        res, t = timed(f, obj, params, key)
+        out["eig100"] = {"value": float(res.eigenvalues[0]), "s": t}
+    if "slq50" in tasks:
+        f = jax.jit(lambda o, p, k: cv.spectral_density(cv.hessian_operator(o, p), k, num_steps=50, num_probes=1))
+        res, t = timed(f, obj, params, key)
+        out["slq50"] = {"value": float(res.nodes.max()), "trace": float(res.trace), "s": t}
+    if "reference" in tasks:
+        f = jax.jit(lambda o, p, k: cv.lanczos(cv.hessian_operator(o, p), k, num_steps=150))
+        res = f(obj, params, key)
+        t_full = np.asarray(res.tridiagonal(), np.float64)
+        ref = float(np.linalg.eigvalsh(t_full)[-1])
+        # First Lanczos step count whose top Ritz value is within 1e-3 of the reference.
+        steps = next(m for m in range(1, 151) if abs(np.linalg.eigvalsh(t_full[:m, :m])[-1] - ref) <= 1e-3 * abs(ref))
+        out["reference"] = {"lambda_max": ref, "lanczos_steps_1e-3": steps}
+    if "lmax1e-3" in tasks:
+        steps = int(os.environ["CURVATURE_BENCH_LANCZOS_STEPS"])
+        f = jax.jit(lambda o, p, k: cv.top_eigenpairs(cv.hessian_operator(o, p), k, k=1, num_steps=steps))
+        res, t = timed(f, obj, params, key)
+        out["lmax1e-3"] = {"value": float(res.eigenvalues[0]), "steps": steps, "s": t}
+    if "trace5pct" in tasks:
+        adaptive = jax.jit(
+            lambda o, p, k: cv.hutchinson_trace(
+                cv.hessian_operator(o, p), k, num_probes=2000, rel_std_error=0.05, chunk_size=chunk
+            )
+        )
+        res_a, t_a = timed(adaptive, obj, params, key)
+        # Hutch++: the smallest budget (in steps of 12) whose standard error is <= 5%.
+        budget, res_p, t_p = None, None, None
+        for m in (12, 24, 48, 96, 192):
+            f = jax.jit(
+                lambda o, p, k, m=m: cv.hutchpp_trace(cv.hessian_operator(o, p), k, num_matvecs=m, chunk_size=chunk)
+            )
+            res_p, t_p = timed(f, obj, params, key)
+            budget = m
+            if float(res_p.std_error) <= 0.05 * abs(float(res_p.estimate)):
+                break
+        best = "hutchpp" if t_p < t_a else "adaptive"
+        out["trace5pct"] = {
+            "adaptive": {
+                "value": float(res_a.estimate),
+                "se": float(res_a.std_error),
+                "matvecs": int(res_a.num_matvecs),
+                "s": t_a,
+            },
+            "hutchpp": {"value": float(res_p.estimate), "se": float(res_p.std_error), "matvecs": budget, "s": t_p},
+            "best": best,
+            "s": min(t_a, t_p),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------
+# PyHessian worker
+
+
+def torch_worker(path: str, tasks: list[str], reference: float | None) -> dict:
+    import pyhessian  # noqa: F401
+    import torch
+
+    pyh = sys.modules["pyhessian.hessian"]
+    pyh_hessian_cls = pyh.hessian
+
+    if not hasattr(torch, "eig"):
+        # PyHessian's density calls torch.eig (removed in torch 2); T is symmetric tridiagonal.
+        def eig(t, eigenvectors=True):
+            w, v = torch.linalg.eigh(t)
+            return torch.stack([w, torch.zeros_like(w)], 1), v
+
+        torch.eig = eig
+
+    arr = np.load(path)
+    widths = [int(w) for w in arr["widths"]]
+    x = torch.from_numpy(arr["x"])
+    y = torch.from_numpy(arr["y"])
+
+    def fresh_model():
+        layers = []
+        sizes = [40, *widths, 10]
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            lin = torch.nn.Linear(a, b)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(arr[f"kernel{i}"]).T)
+                lin.bias.copy_(torch.from_numpy(arr[f"bias{i}"]))
+            layers += [lin, torch.nn.ReLU()] if i < len(widths) else [lin]
+        return torch.nn.Sequential(*layers)
+
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def make():
+        torch.manual_seed(0)
+        return pyh_hessian_cls(fresh_model(), criterion, data=(x, y), cuda=False)
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        h = make()  # includes PyHessian's forward + create_graph backward: part of its cost
+        res = fn(h)
+        return res, time.perf_counter() - t0
+
+    out: dict = {"threads": torch.get_num_threads()}
+    if "trace100" in tasks:
+        vals, t = timed(lambda h: h.trace(maxIter=100, tol=-1.0))
+        out["trace100"] = {
+            "value": float(np.mean(vals)),
+            "se": float(np.std(vals, ddof=1) / np.sqrt(len(vals))),
+            "s": t,
+        }
+    if "eig100" in tasks:
+        (vals, _), t = timed(lambda h: h.eigenvalues(maxIter=100, tol=-1.0))
+        out["eig100"] = {"value": float(vals[0]), "s": t}
+    if "slq50" in tasks:
+        (nodes, _), t = timed(lambda h: h.density(iter=50, n_v=1))
+        out["slq50"] = {"value": float(np.max(nodes[0])), "s": t}
+    if "trace5pct" in tasks:
+        # PyHessian's Hutchinson, one probe per call, stopped at the same 5% SE rule (>= 10 probes).
+        def run(h):
+            vals = []
+            while True:
+                vals.extend(h.trace(maxIter=1, tol=-1.0))
+                if len(vals) >= 10 and np.std(vals, ddof=1) / np.sqrt(len(vals)) <= 0.05 * abs(np.mean(vals)):
+                    return vals
+                if len(vals) >= 2000:
+                    return vals
+
+        vals, t = timed(run)
+        out["trace5pct"] = {
+            "value": float(np.mean(vals)),
+            "se": float(np.std(vals, ddof=1) / np.sqrt(len(vals))),
+            "matvecs": len(vals),
+            "s": t,
+        }
+    if "lmax1e-3" in tasks:
+        # Count the power iterations PyHessian needs (recording its Rayleigh quotients), then time exactly those.
+        # (The counting run stops at the first hit by raising from the patched inner product.)
+        recorded = []
+        original = pyh.group_product
+
+        class Reached(Exception):
+            pass
+
+        def recording(a, b):
+            r = original(a, b)
+            recorded.append(float(r))
+            if abs(float(r) - reference) <= 1e-3 * abs(reference):
+                raise Reached
+            return r
+
+        pyh.group_product = recording
+        try:
+            make().eigenvalues(maxIter=MAX_POWER, tol=-1.0)
+        except Reached:
+            pass
+        pyh.group_product = original
+        hits = [len(recorded)] if recorded and abs(recorded[-1] - reference) <= 1e-3 * abs(reference) else []
+        iters = hits[0] if hits else MAX_POWER
+        (vals, _), t = timed(lambda h: h.eigenvalues(maxIter=iters, tol=-1.0))
+        out["lmax1e-3"] = {"value": float(vals[0]), "iterations": iters, "s": t, "reached": bool(hits)}
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Driver
+
+
+def run_worker(framework: str, path: str, tasks: list[str], reference=None, env_extra=None) -> dict:
+    env = dict(os.environ, **(env_extra or {}))
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.curvature_vs_pyhessian",
+        "--worker",
+        framework,
+        "--npz",
+        path,
+        "--tasks",
+        ",".join(tasks),
+    ]
+    if reference is not None:
+        cmd += ["--reference", repr(reference)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one round, skip the equal-accuracy cases")
+    parser.add_argument("--worker", choices=["jax", "torch"])
+    parser.add_argument("--npz")
+    parser.add_argument("--tasks", default="")
+    parser.add_argument("--reference", type=float)
+    args = parser.parse_args(argv)
+    if args.worker:
+        fn = jax_worker if args.worker == "jax" else torch_worker
+        print(json.dumps(fn(args.npz, args.tasks.split(","), args.reference)))
+        return
+
+    reps = 1 if args.quick else args.reps
+    print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start")
+    with tempfile.TemporaryDirectory() as tmp:
+        big, small = os.path.join(tmp, "big.npz"), os.path.join(tmp, "small.npz")
+        make_problem(big, (256, 256))
+        make_problem(small, (32,))
+
+        setup = run_worker("jax", big, ["hvp", "choose_chunk", "reference"])
+        ch = setup["chunks"]
+        env = {"CURVATURE_BENCH_CHUNK": str(ch["probe_chunk"]), "CURVATURE_BENCH_ROWS": str(ch["data_rows"])}
+        ref = setup["reference"]
+        env["CURVATURE_BENCH_LANCZOS_STEPS"] = str(ref["lanczos_steps_1e-3"])
+        print(f"probe chunk timings (20 probes, s): {ch['probe_chunk_s']} -> chunk {ch['probe_chunk']}")
+        print(f"data rows per chunk, one HVP (s): {ch['data_rows_s']} -> {ch['data_rows']} rows")
+        h = setup["hvp"]
+        print(
+            f"HVP / gradient time (losslab, full batch): {h['hvp_s'] * 1e3:.1f} ms / {h['grad_s'] * 1e3:.1f} ms = {h['ratio']:.2f} (target <= 1.8)"
+        )
+        print(
+            f"reference λ_max (150-step Lanczos): {ref['lambda_max']:.6g}; Lanczos steps to 1e-3: {ref['lanczos_steps_1e-3']}"
+        )
+
+        tasks = list(EQUAL_WORK) + ([] if args.quick else list(ACCURACY))
+        rounds = {"jax": [], "torch": [], "jax_small": [], "torch_small": []}
+        for r in range(reps):
+            order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+            for fw in order:
+                rounds[fw].append(run_worker(fw, big, tasks, ref["lambda_max"], env))
+            for fw in order:
+                rounds[f"{fw}_small"].append(
+                    run_worker(
+                        fw,
+                        small,
+                        list(EQUAL_WORK),
+                        None,
+                        {"CURVATURE_BENCH_CHUNK": "1", "CURVATURE_BENCH_ROWS": "4000"},
+                    )
+                )
+            print(f"round {r + 1}/{reps} done (load average {os.getloadavg()[0]:.1f})")
+
+    def report(label, jkey, tkey, names):
+        print(f"\n== {label} ==")
+        print(f"{'case':<12}{'losslab':>22}{'PyHessian':>22}{'losslab s':>11}{'PyH s':>9}{'ratio':>8}{'target':>8}")
+        for name in names:
+            js = [rd[name]["s"] for rd in rounds[jkey]]
+            ts = [rd[name]["s"] for rd in rounds[tkey]]
+            ratios = [t / j for j, t in zip(js, ts)]
+            jv, tv = rounds[jkey][0][name], rounds[tkey][0][name]
+
+            def fmt(d):
+                s = f"{d['value']:.5g}"
+                return s + (f" ± {d['se']:.2g}" if "se" in d else "")
+
+            target = TARGETS["small"] if "small" in label else TARGETS[name]
+            print(
+                f"{name:<12}{fmt(jv):>22}{fmt(tv):>22}{statistics.median(js):>11.3f}{statistics.median(ts):>9.3f}"
+                f"{statistics.median(ratios):>7.2f}x{target:>7.1f}x"
+            )
+
+    report("MNIST-1D MLP 40-256-256-10, 4000 samples: equal work", "jax", "torch", EQUAL_WORK)
+    if not args.quick:
+        report("equal accuracy", "jax", "torch", ACCURACY)
+        a, t = rounds["jax"][0]["trace5pct"], rounds["torch"][0]["trace5pct"]
+        print(
+            f"  trace 5%: losslab adaptive {a['adaptive']['matvecs']} matvecs {a['adaptive']['s']:.2f} s, "
+            f"Hutch++ {a['hutchpp']['matvecs']} matvecs {a['hutchpp']['s']:.2f} s (best: {a['best']}); "
+            f"PyHessian {t['matvecs']} probes"
+        )
+        lj, lt = rounds["jax"][0]["lmax1e-3"], rounds["torch"][0]["lmax1e-3"]
+        print(
+            f"  λ_max 1e-3: losslab Lanczos {lj['steps']} steps; PyHessian power {lt['iterations']} iterations (reached: {lt['reached']})"
+        )
+    report("small model 40-32-10: equal work", "jax_small", "torch_small", EQUAL_WORK)
+    print(f"\ntorch threads: {rounds['torch'][0]['threads']}; load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
