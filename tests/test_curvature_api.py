@@ -45,7 +45,9 @@ def test_hessian_trace_one_liner(obj, exact):
     assert est.num_matvecs == 200 and est.compiled
     text = str(est)
     assert "Hessian trace" in text and "±" in text and "200 matvecs" in text and repr(est) == text
-    again = cv.hessian_trace(obj, jax.tree.map(lambda a: a * 1.01, obj.params), jax.random.key(1), method="hutchinson", num_matvecs=200)
+    again = cv.hessian_trace(
+        obj, jax.tree.map(lambda a: a * 1.01, obj.params), jax.random.key(1), method="hutchinson", num_matvecs=200
+    )
     assert not again.compiled, "a second call with the same shapes must not recompile"
     ex = cv.hessian_trace(obj, exact=True)
     assert ex.value == pytest.approx(exact.sum(), rel=1e-8) and ex.std_error == 0.0
@@ -102,7 +104,9 @@ def test_probes_run_inside_training(obj):
         "trace": cv.trace_probe(num_probes=8, full_batch=True, with_std_error=True),
         "grad_norm": cv.grad_norm_probe(),
     }
-    result = train.train(obj, optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=2, key=0, probes=probes, probe_every=3)
+    result = train.train(
+        obj, optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=2, key=0, probes=probes, probe_every=3
+    )
     hist = result.history.probes
     assert hist["lambda_max"]["step"] == [3, 6]
     assert set(hist) == {"lambda_max", "lambda_max_power", "trace/value", "trace/std_error", "grad_norm"}
