@@ -211,13 +211,13 @@ def torch_worker(path: str, tasks: list[str], reference: float | None) -> dict:
     pyh = sys.modules["pyhessian.hessian"]
     pyh_hessian_cls = pyh.hessian
 
-    if not hasattr(torch, "eig"):
-        # PyHessian's density calls torch.eig (removed in torch 2); T is symmetric tridiagonal.
-        def eig(t, eigenvectors=True):
-            w, v = torch.linalg.eigh(t)
-            return torch.stack([w, torch.zeros_like(w)], 1), v
+    # PyHessian's density calls torch.eig, which torch 2 keeps only as a stub that raises;
+    # T is symmetric tridiagonal, so eigh gives the same (real) answer.
+    def eig(t, eigenvectors=True):
+        w, v = torch.linalg.eigh(t)
+        return torch.stack([w, torch.zeros_like(w)], 1), v
 
-        torch.eig = eig
+    torch.eig = eig
 
     arr = np.load(path)
     widths = [int(w) for w in arr["widths"]]
