@@ -59,6 +59,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from losslab.registry import lookup
 
@@ -132,13 +133,15 @@ def _tree_norm(t) -> Array:
 
 
 def _tree_random(key, params, kind: str):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
+    """A random pytree like ``params``: standard normal or uniform(−1, 1) entries.
+
+    One draw of the flat vector, then unravelled: a single random-number kernel compiles
+    several times faster than one per leaf.
+    """
+    flat, unravel = ravel_pytree(params)
     if kind == "normal":
-        out = [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)]
-    else:
-        out = [jax.random.uniform(k, v.shape, v.dtype, -1.0, 1.0) for k, v in zip(keys, leaves)]
-    return jax.tree.unflatten(treedef, out)
+        return unravel(jax.random.normal(key, flat.shape, flat.dtype))
+    return unravel(jax.random.uniform(key, flat.shape, flat.dtype, -1.0, 1.0))
 
 
 def _positive(name: str, value) -> float:
