@@ -1,0 +1,461 @@
+"""Natural gradient and Fisher geometry: NGD, empirical-Fisher NGD, K-FAC and diagonal Fisher vs SGD/Adam.
+
+On MNIST-1D (4,000 samples) and digits, an MLP trained by SGD, momentum, Adam, RMSprop, NGD (CG on
+the minibatch Fisher), empirical-Fisher NGD, K-FAC and the diagonal Fisher, each with the best
+learning rate of a small grid (lowest final training loss). Reported per optimizer: steps, wall
+time and gradient-equivalent cost to reach a fixed training loss, final test error, and the
+sharpness (λ_max, trace of the Hessian) of the minimum it reaches. Along the Adam run on the first
+dataset, at a few checkpoints: the cosine of the natural gradient with the gradient and with Adam's
+update, the overlaps of the top-k eigenspaces of Fisher, empirical Fisher, GGN, Hessian and K-FAC,
+their spectral densities, and the correlation of Adam's second moment with the Fisher diagonal.
+
+Feeds ``figures/natural_*``::
+
+    python -m experiments.natural_gradient            # default run (~10 min on 2 CPU cores)
+    python -m experiments.natural_gradient --quick    # seconds (tests)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from experiments.common import parse_config, run_sweep
+from losslab import Objective, checkpoint, curvature, data, models, optim
+from losslab.kfac import kfac_operator
+from losslab.natural import batch_fisher_operator, cg_solve
+from losslab.results import RunStore, atomic_write_json, atomic_write_text
+from losslab.train import train
+
+EXPERIMENT = "natural_gradient"
+OPERATORS = ("fisher", "empirical_fisher", "ggn", "hessian", "kfac")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The natural-gradient study; defaults are the real run."""
+
+    datasets: tuple[str, ...] = ("mnist1d", "digits")
+    num_samples: int = 4000
+    widths: tuple[int, ...] = (128, 128)
+    optimizers: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop", "ngd", "ngd_empirical", "kfac", "diag_fisher")
+    # Learning-rate grids (name, rates); the best final training loss wins.
+    lr_grid: tuple[tuple[str, tuple[float, ...]], ...] = (
+        ("sgd", (0.05, 0.2, 0.5)),
+        ("momentum", (0.02, 0.05, 0.1)),
+        ("adam", (1e-3, 3e-3, 1e-2)),
+        ("rmsprop", (3e-4, 1e-3, 3e-3)),
+        ("ngd", (0.1, 0.3, 1.0)),
+        ("ngd_empirical", (0.03, 0.1, 0.3)),
+        ("kfac", (0.1, 0.3, 1.0)),
+        ("diag_fisher", (3e-3, 1e-2, 3e-2)),
+    )
+    batch_size: int = 128
+    epochs: int = 12
+    seed: int = 0
+    target_loss: float = 0.5
+    ngd_damping: float = 1e-3
+    ngd_max_cg_steps: int = 10
+    kfac_damping: float = 0.1
+    diag_damping: float = 1e-3
+    analysis_samples: int = 512
+    analysis_epochs: tuple[int, ...] = (0, 3, 12)
+    top_k: int = 10
+    lanczos_steps: int = 40
+    density_probes: int = 2
+    diag_probes: int = 64
+
+
+def quick_config() -> Config:
+    return Config(
+        datasets=("mnist1d",),
+        num_samples=400,
+        widths=(16,),
+        optimizers=("sgd", "adam", "ngd", "kfac"),
+        lr_grid=(("sgd", (0.2,)), ("adam", (1e-2,)), ("ngd", (0.3,)), ("kfac", (0.3,))),
+        batch_size=64,
+        epochs=2,
+        target_loss=2.0,
+        ngd_max_cg_steps=3,
+        analysis_samples=64,
+        analysis_epochs=(0, 2),
+        top_k=3,
+        lanczos_steps=10,
+        density_probes=1,
+        diag_probes=4,
+    )
+
+
+def optimizer_options(config: Config, name: str) -> dict:
+    """The fixed (not searched) options of each optimizer."""
+    if name in ("ngd", "ngd_empirical"):
+        return {"damping": config.ngd_damping, "max_cg_steps": config.ngd_max_cg_steps}
+    if name == "kfac":
+        return {"damping": config.kfac_damping}
+    if name == "diag_fisher":
+        return {"damping": config.diag_damping}
+    return {}
+
+
+def cost_per_step(config: Config, name: str) -> int:
+    """Gradient-equivalents per step: 1 gradient, + K CG matvecs (upper bound) for NGD, + 1 backward pass
+    of sampled labels for K-FAC and for the diagonal Fisher's per-example gradients."""
+    if name in ("ngd", "ngd_empirical"):
+        return 1 + config.ngd_max_cg_steps
+    if name in ("kfac", "diag_fisher"):
+        return 2
+    return 1
+
+
+def build_objective(config: Config, dataset: str, dtype=None) -> Objective:
+    opts = {"num_samples": config.num_samples} if dataset == "mnist1d" else {}
+    ds = data.load(dataset, seed=config.seed, **opts)
+    model = models.create(
+        "mlp", input_shape=ds.input_shape, output_dim=ds.num_classes, widths=config.widths, seed=config.seed
+    )
+    return Objective(model, "cross_entropy", ds, dtype=dtype)
+
+
+def analysis_batch(obj: Objective, num: int):
+    x, y = obj.batch("train")
+    return x[:num], y[:num]
+
+
+def _sharpness(obj, params, batch, key, config):
+    k1, k2 = jax.random.split(key)
+    hess = curvature.hessian_operator(obj, params, batch)
+    top = curvature.top_eigenpairs(hess, k1, k=1, num_steps=min(config.lanczos_steps, hess.size))
+    trace = curvature.hutchinson_trace(hess, k2, num_probes=max(config.diag_probes, 2))
+    return float(top.eigenvalues[0]), float(trace.estimate)
+
+
+def run_training(cfg: dict, config: Config) -> dict:
+    """One optimizer at one learning rate on one dataset: history, target crossing, test error, sharpness."""
+    obj = build_objective(config, cfg["dataset"])
+    result = train(
+        obj,
+        optimizer=cfg["optimizer"],
+        learning_rate=cfg["learning_rate"],
+        optimizer_options=optimizer_options(config, cfg["optimizer"]),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        key=config.seed,
+    )
+    return _summarise(result, obj, cfg, config)
+
+
+def _summarise(result, obj, cfg, config):
+    h = result.history
+    wall = np.asarray(h.wall_time, float)
+    per_epoch = float(np.median(np.diff(wall))) if len(wall) > 1 else float(wall[0])
+    compile_time = max(float(wall[0]) - per_epoch, 0.0)
+    loss = np.asarray(h.train_eval_loss, float)
+    hit = np.flatnonzero(loss <= config.target_loss)
+    test = obj.evaluate(result.params, "test")
+    lam, tr = _sharpness(obj, result.params, analysis_batch(obj, config.analysis_samples), jax.random.key(1), config)
+    cost = cost_per_step(config, cfg["optimizer"])
+    return {
+        "final_train_loss": float(loss[-1]),
+        "test_loss": float(test["loss"]),
+        "test_error": float(test["error"]),
+        "steps_to_target": int(h.step[hit[0]]) if hit.size else None,
+        "wall_to_target": float(wall[hit[0]] - compile_time) if hit.size else None,
+        "cost_to_target": int(h.step[hit[0]] * cost) if hit.size else None,
+        "compile_time": compile_time,
+        "cost_per_step": cost,
+        "lambda_max": lam,
+        "hessian_trace": tr,
+        "curves": {
+            "step": h.step,
+            "wall_time": (wall - compile_time).tolist(),
+            "cost": [s * cost for s in h.step],
+            "train_eval_loss": h.train_eval_loss,
+            "val_loss": h.val_loss,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------
+# Fisher geometry along the Adam run
+
+
+def _subspace_overlap(u, v):
+    return float(jnp.sum((u @ v.T) ** 2) / u.shape[0])
+
+
+def _cos(a, b):
+    return float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
+
+
+def geometry_at(obj, params, adam_state, batch, key, config: Config) -> dict:
+    """Cosines, eigenspace overlaps, densities and the Adam-v / Fisher-diagonal correlation at ``params``."""
+    keys = jax.random.split(key, 8)
+    ops = {
+        "fisher": curvature.fisher_operator(obj, params, batch),
+        "empirical_fisher": curvature.empirical_fisher_operator(obj, params, batch),
+        "ggn": curvature.ggn_operator(obj, params, batch),
+        "hessian": curvature.hessian_operator(obj, params, batch),
+        "kfac": kfac_operator(obj, params, batch),
+    }
+    steps = min(config.lanczos_steps, ops["fisher"].size)
+    k = min(config.top_k, steps)
+    eig = {name: curvature.top_eigenpairs(op, keys[0], k=k, num_steps=steps) for name, op in ops.items()}
+    overlaps = [[_subspace_overlap(eig[a].eigenvectors, eig[b].eigenvectors) for b in OPERATORS] for a in OPERATORS]
+    dens = {}
+    for name in OPERATORS[:4]:
+        d = curvature.spectral_density(ops[name], keys[1], num_steps=steps, num_probes=config.density_probes, grid=400)
+        dens[name] = (np.asarray(d.grid), np.asarray(d.density))
+    g = ravel_pytree(jax.grad(obj.loss)(params, batch))[0]
+    lam = config.ngd_damping
+    nat = cg_solve(batch_fisher_operator(obj, params, batch).matvec, g, damping=lam, max_steps=200, tol=1e-6)
+    emp = cg_solve(
+        batch_fisher_operator(obj, params, batch, curvature="empirical").matvec, g, damping=lam, max_steps=200, tol=1e-6
+    )
+    (adam,) = [
+        s
+        for s in jax.tree.leaves(adam_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
+    mu, nu, count = ravel_pytree(adam.mu)[0], ravel_pytree(adam.nu)[0], int(adam.count)
+    if count > 0:
+        m_hat, v_hat = mu / (1 - 0.9**count), nu / (1 - 0.999**count)
+        adam_dir = m_hat / (jnp.sqrt(v_hat) + 1e-8)
+    else:  # before the first step Adam's first update is sign(g)
+        v_hat, adam_dir = g**2, jnp.sign(g)
+    fdiag = curvature.hutchinson_diagonal(ops["fisher"], keys[2], num_probes=config.diag_probes).estimate
+    fdiag = jnp.maximum(fdiag, 0.0)
+    logv, logf = np.log(np.asarray(v_hat) + 1e-30), np.log(np.asarray(fdiag) + 1e-30)
+    return {
+        "eigenvalues": {name: np.asarray(e.eigenvalues).tolist() for name, e in eig.items()},
+        "overlaps": overlaps,
+        "cos_natural_gradient": _cos(nat.x, g),
+        "cos_natural_adam": _cos(nat.x, adam_dir),
+        "cos_empirical_natural": _cos(emp.x, nat.x),
+        "cos_adam_gradient": _cos(adam_dir, g),
+        "cg_steps": int(nat.num_steps),
+        "adam_v_fisher_pearson_log": float(np.corrcoef(logv, logf)[0, 1]),
+        "adam_v_fisher_spearman": float(_spearman(np.asarray(v_hat), np.asarray(fdiag))),
+        "_arrays": {
+            **{f"density_{n}_grid": d[0] for n, d in dens.items()},
+            **{f"density_{n}": d[1] for n, d in dens.items()},
+            "adam_v": np.asarray(v_hat),
+            "fisher_diag": np.asarray(fdiag),
+        },
+    }
+
+
+def _spearman(a, b):
+    ra = np.argsort(np.argsort(a))
+    rb = np.argsort(np.argsort(b))
+    return np.corrcoef(ra, rb)[0, 1]
+
+
+def run_geometry(cfg: dict, config: Config) -> dict:
+    """Replays the Adam run (same seed, lr) with checkpoints at ``analysis_epochs`` and measures the geometry."""
+    obj = build_objective(config, cfg["dataset"])
+    batch = analysis_batch(obj, config.analysis_samples)
+    tx, _ = optim.create("adam", cfg["learning_rate"])
+    params = obj.params
+    target = (params, obj.state, tx.init(params), ())
+    out = {}
+    ckpt_dir = tempfile.mkdtemp(prefix="ngd-adam-")
+    try:
+        for e in sorted(config.analysis_epochs):
+            if e == 0:
+                opt_state = target[2]
+            else:
+                train(
+                    obj,
+                    optimizer="adam",
+                    learning_rate=cfg["learning_rate"],
+                    batch_size=config.batch_size,
+                    epochs=e,
+                    key=config.seed,
+                    checkpoint_dir=ckpt_dir,
+                    checkpoint_every=1,
+                )
+                _, (params, _, opt_state, _), _ = checkpoint.restore_latest(ckpt_dir, target)
+            out[str(e)] = geometry_at(obj, params, opt_state, batch, jax.random.key(e), config)
+    finally:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    arrays = {f"e{e}_{k}": v for e, m in out.items() for k, v in m.pop("_arrays").items()}
+    return {"checkpoints": out, "_arrays": arrays}
+
+
+# ----------------------------------------------------------------------------
+
+
+def _grid(config: Config) -> dict:
+    grid = dict(config.lr_grid)
+    missing = [o for o in config.optimizers if o not in grid]
+    if missing:
+        raise ValueError(f"lr_grid has no learning rates for {missing}; it covers {sorted(grid)}")
+    unknown = [o for o in config.optimizers if o not in optim.OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"unknown optimizers {unknown}; valid: {sorted(optim.OPTIMIZERS)}")
+    return grid
+
+
+def run(config: Config, out_dir: str) -> dict:
+    """Runs (or resumes) the study under ``out_dir/natural_gradient``; writes figures and a summary note."""
+    grid = _grid(config)
+    store = RunStore(out_dir, EXPERIMENT)
+    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("datasets", "optimizers", "lr_grid")}
+    cfgs = [
+        {"name": f"{d}-{o}-lr{lr:g}", "kind": "train", "dataset": d, "optimizer": o, "learning_rate": lr, **shared}
+        for d in config.datasets
+        for o in config.optimizers
+        for lr in grid[o]
+    ]
+    metrics = run_sweep(store, [(c, lambda c: run_training(c, config)) for c in cfgs], desc="natural-gradient runs")
+    best = {}
+    for c, m in zip(cfgs, metrics):
+        key = (c["dataset"], c["optimizer"])
+        if key not in best or _score(m) < _score(best[key][1]):
+            best[key] = (c, m)
+    geometry = {}
+    if "adam" in config.optimizers:
+        d0 = config.datasets[0]
+        gcfg = {
+            "name": f"{d0}-geometry",
+            "kind": "geometry",
+            "dataset": d0,
+            "learning_rate": best[(d0, "adam")][0]["learning_rate"],
+            **shared,
+        }
+        geometry = run_sweep(store, [(gcfg, lambda c: run_geometry(c, config))], desc="Fisher geometry")[0]
+        geometry["arrays"] = store.load(gcfg, gcfg["name"]).arrays()
+    summary = summarise(config, best, geometry)
+    fig_dir = os.path.join(out_dir, EXPERIMENT, "figures")
+    summary["figures"] = write_figures(config, best, geometry, fig_dir)
+    atomic_write_json(
+        os.path.join(out_dir, EXPERIMENT, "summary.json"), {k: v for k, v in summary.items() if k != "note"}
+    )
+    atomic_write_text(os.path.join(out_dir, EXPERIMENT, "summary.md"), summary["note"])
+    return summary
+
+
+def _score(m):
+    loss = m["final_train_loss"]
+    return loss if np.isfinite(loss) else np.inf
+
+
+def summarise(config: Config, best: dict, geometry: dict) -> dict:
+    rows = []
+    for (d, o), (c, m) in best.items():
+        rows.append(
+            {
+                "dataset": d,
+                "optimizer": o,
+                "learning_rate": c["learning_rate"],
+                **{k: v for k, v in m.items() if k != "curves"},
+            }
+        )
+    lines = [
+        f"# Natural-gradient study: steps / time / cost to train loss <= {config.target_loss}",
+        "",
+        "| dataset | optimizer | lr | steps | wall (s) | cost | final train | test error | λ_max | tr H |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+
+        def f(v, fmt):
+            return "never" if v is None else format(v, fmt)
+
+        lines.append(
+            f"| {r['dataset']} | {r['optimizer']} | {r['learning_rate']:g} | {f(r['steps_to_target'], 'd')} | "
+            f"{f(r['wall_to_target'], '.2f')} | {f(r['cost_to_target'], 'd')} | {r['final_train_loss']:.3f} | "
+            f"{r['test_error']:.3f} | {r['lambda_max']:.3g} | {r['hessian_trace']:.3g} |"
+        )
+    if geometry:
+        lines += [
+            "",
+            f"## Fisher geometry along the Adam run ({config.datasets[0]}, top-{config.top_k} eigenspaces)",
+            "",
+            "| epoch | F–H | F–GGN | F–EF | EF–H | F–KFAC | cos(nat, g) | cos(nat, Adam) | cos(EF-nat, nat) | corr(log v, log diag F) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        idx = {n: i for i, n in enumerate(OPERATORS)}
+        for e, m in geometry["checkpoints"].items():
+            o = m["overlaps"]
+            lines.append(
+                f"| {e} | {o[idx['fisher']][idx['hessian']]:.3f} | {o[idx['fisher']][idx['ggn']]:.3f} | "
+                f"{o[idx['fisher']][idx['empirical_fisher']]:.3f} | {o[idx['empirical_fisher']][idx['hessian']]:.3f} | "
+                f"{o[idx['fisher']][idx['kfac']]:.3f} | {m['cos_natural_gradient']:.3f} | {m['cos_natural_adam']:.3f} | "
+                f"{m['cos_empirical_natural']:.3f} | {m['adam_v_fisher_pearson_log']:.3f} |"
+            )
+    return {
+        "rows": rows,
+        "geometry": {k: v for k, v in geometry.items() if k != "arrays"},
+        "note": "\n".join(lines) + "\n",
+    }
+
+
+def write_figures(config: Config, best: dict, geometry: dict, fig_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from losslab.plot import natural as nplot
+
+    os.makedirs(fig_dir, exist_ok=True)
+    paths = []
+    for d in config.datasets:
+        runs = {o: best[(d, o)][1]["curves"] for o in config.optimizers}
+        fig, axes = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
+        for col, x in enumerate(("step", "wall_time", "cost")):
+            nplot.loss_curves(runs, x=x, metric="train_eval_loss", ax=axes[0, col], target=config.target_loss)
+            nplot.loss_curves(runs, x=x, metric="val_loss", ax=axes[1, col])
+        axes[0, 0].legend(fontsize=7)
+        fig.suptitle(f"{d}: training (top) and validation (bottom) loss")
+        paths.append(_save(fig, fig_dir, f"natural_curves_{d}"))
+        rows = [{"optimizer": o, **best[(d, o)][1]} for o in config.optimizers]
+        fig = nplot.sharpness_scatter(rows)
+        fig.axes[0].set_title(f"{d}: sharpness of the reached minimum vs test error")
+        paths.append(_save(fig, fig_dir, f"natural_sharpness_{d}"))
+    if geometry:
+        arrays = geometry["arrays"]
+        epochs = list(geometry["checkpoints"])
+        fig, axes = plt.subplots(1, len(epochs), figsize=(4.2 * len(epochs), 3.8), constrained_layout=True)
+        for ax, e in zip(np.atleast_1d(axes), epochs):
+            nplot.overlap_matrix(geometry["checkpoints"][e]["overlaps"], OPERATORS, ax=ax, title=f"epoch {e}")
+        paths.append(_save(fig, fig_dir, "natural_overlaps"))
+        fig, axes = plt.subplots(1, len(epochs), figsize=(4.5 * len(epochs), 3.6), constrained_layout=True)
+        for ax, e in zip(np.atleast_1d(axes), epochs):
+            curves = {n: (arrays[f"e{e}_density_{n}_grid"], arrays[f"e{e}_density_{n}"]) for n in OPERATORS[:4]}
+            nplot.densities(curves, ax=ax, title=f"epoch {e}")
+        paths.append(_save(fig, fig_dir, "natural_densities"))
+        last = epochs[-1]
+        fig = nplot.diagonal_scatter(arrays[f"e{last}_adam_v"], arrays[f"e{last}_fisher_diag"], title=f"epoch {last}")
+        paths.append(_save(fig, fig_dir, "natural_adam_vs_fisher_diag"))
+    return paths
+
+
+def _save(fig, fig_dir, name):
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(fig_dir, name + ".png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick_config)
+    summary = run(config, out)
+    print(summary["note"])
+    print("figures:", *summary["figures"], sep="\n  ")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,41 @@
+"""The natural-gradient study's quick config runs end to end, writes its figures and resumes."""
+
+import dataclasses
+import os
+
+import pytest
+
+from experiments import natural_gradient as study
+from losslab.results import RunStore
+
+
+@pytest.mark.slow
+def test_quick_study_writes_results_and_figures_and_resumes(tmp_path):
+    config = dataclasses.replace(study.quick_config(), num_samples=300)
+    summary = study.run(config, str(tmp_path))
+    assert len(summary["rows"]) == len(config.optimizers)
+    for path in summary["figures"]:
+        assert os.path.getsize(path) > 0
+    assert {os.path.basename(p) for p in summary["figures"]} >= {"natural_overlaps.png", "natural_densities.png"}
+    geo = summary["geometry"]["checkpoints"]
+    assert set(geo) == {str(e) for e in config.analysis_epochs}
+    for m in geo.values():
+        ov = m["overlaps"]
+        assert all(abs(ov[i][i] - 1.0) < 1e-3 for i in range(len(ov)))  # a subspace overlaps itself fully
+        assert ov[0][2] > 0.99  # Fisher = GGN for softmax cross-entropy
+        assert (
+            -1.0 <= m["cos_natural_gradient"] <= 1.0 and m["cos_natural_gradient"] > 0
+        )  # F^-1 g is a descent direction
+    with open(tmp_path / "natural_gradient" / "summary.md") as f:
+        assert "steps / time / cost to train loss" in f.read()
+    store = RunStore(str(tmp_path), study.EXPERIMENT)
+    count = len(store)
+    again = study.run(config, str(tmp_path))  # resumes: every run is loaded, none recomputed
+    assert len(store) == count
+    assert again["rows"] == summary["rows"]
+
+
+def test_config_validation():
+    config = dataclasses.replace(study.quick_config(), optimizers=("sgd", "lbfgs"))
+    with pytest.raises(ValueError, match="lr_grid has no learning rates"):
+        study.run(config, "/tmp/unused-natural-gradient")
