@@ -57,7 +57,8 @@ def measure_vs_gap(
         except (TypeError, ValueError):
             names = sorted({str(v) for v in c})
             colors = np.asarray([names.index(str(v)) for v in c], np.float64)
-    sc = ax.scatter(x, y, c=colors, cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
+    style = {"c": colors, "cmap": "viridis"} if colors is not None else {"color": "C0"}
+    sc = ax.scatter(x, y, s=22, edgecolors="k", linewidths=0.3, **style)
     finite = x[np.isfinite(x)]
     if log is None:
         log = finite.size > 0 and np.all(finite > 0) and finite.max() / finite.min() > 100
