@@ -34,7 +34,7 @@ from losslab import Objective, checkpoint, curvature, data, models, optim
 from losslab.kfac import kfac_operator
 from losslab.natural import batch_fisher_operator, cg_solve
 from losslab.results import RunStore, atomic_write_json, atomic_write_text
-from losslab.train import train
+from losslab.train import TrainingDivergedError, train
 
 EXPERIMENT = "natural_gradient"
 OPERATORS = ("fisher", "empirical_fisher", "ggn", "hessian", "kfac")
@@ -141,16 +141,19 @@ def _sharpness(obj, params, batch, key, config):
 def run_training(cfg: dict, config: Config) -> dict:
     """One optimizer at one learning rate on one dataset: history, target crossing, test error, sharpness."""
     obj = build_objective(config, cfg["dataset"])
-    result = train(
-        obj,
-        optimizer=cfg["optimizer"],
-        learning_rate=cfg["learning_rate"],
-        optimizer_options=optimizer_options(config, cfg["optimizer"]),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        key=config.seed,
-    )
-    return _summarise(result, obj, cfg, config)
+    try:
+        result = train(
+            obj,
+            optimizer=cfg["optimizer"],
+            learning_rate=cfg["learning_rate"],
+            optimizer_options=optimizer_options(config, cfg["optimizer"]),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            key=config.seed,
+        )
+    except TrainingDivergedError as e:  # a too-large rate in the grid: recorded, never selected
+        return {"diverged": str(e), "final_train_loss": float("inf")}
+    return {"diverged": None, **_summarise(result, obj, cfg, config)}
 
 
 def _summarise(result, obj, cfg, config):
@@ -346,7 +349,7 @@ def run(config: Config, out_dir: str) -> dict:
 
 def _score(m):
     loss = m["final_train_loss"]
-    return loss if np.isfinite(loss) else np.inf
+    return loss if loss is not None and np.isfinite(loss) else np.inf
 
 
 def summarise(config: Config, best: dict, geometry: dict) -> dict:
