@@ -325,8 +325,10 @@ def run(config: Config, out_dir: str) -> dict:
         key = (c["dataset"], c["optimizer"])
         if key not in best or _score(m) < _score(best[key][1]):
             best[key] = (c, m)
+    diverged = sorted(f"{d}/{o}" for (d, o), (_, m) in best.items() if m.get("diverged"))
+    best = {k: v for k, v in best.items() if not v[1].get("diverged")}  # every rate of the grid diverged
     geometry = {}
-    if "adam" in config.optimizers:
+    if (config.datasets[0], "adam") in best:
         d0 = config.datasets[0]
         gcfg = {
             "name": f"{d0}-geometry",
@@ -338,6 +340,7 @@ def run(config: Config, out_dir: str) -> dict:
         geometry = run_sweep(store, [(gcfg, lambda c: run_geometry(c, config))], desc="Fisher geometry")[0]
         geometry["arrays"] = store.load(gcfg, gcfg["name"]).arrays()
     summary = summarise(config, best, geometry)
+    summary["all_rates_diverged"] = diverged
     fig_dir = os.path.join(out_dir, EXPERIMENT, "figures")
     summary["figures"] = write_figures(config, best, geometry, fig_dir)
     atomic_write_json(
@@ -414,7 +417,8 @@ def write_figures(config: Config, best: dict, geometry: dict, fig_dir: str) -> l
     os.makedirs(fig_dir, exist_ok=True)
     paths = []
     for d in config.datasets:
-        runs = {o: best[(d, o)][1]["curves"] for o in config.optimizers}
+        names = [o for o in config.optimizers if (d, o) in best]
+        runs = {o: best[(d, o)][1]["curves"] for o in names}
         fig, axes = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
         for col, x in enumerate(("step", "wall_time", "cost")):
             nplot.loss_curves(runs, x=x, metric="train_eval_loss", ax=axes[0, col], target=config.target_loss)
@@ -422,7 +426,7 @@ def write_figures(config: Config, best: dict, geometry: dict, fig_dir: str) -> l
         axes[0, 0].legend(fontsize=7)
         fig.suptitle(f"{d}: training (top) and validation (bottom) loss")
         paths.append(_save(fig, fig_dir, f"natural_curves_{d}"))
-        rows = [{"optimizer": o, **best[(d, o)][1]} for o in config.optimizers]
+        rows = [{"optimizer": o, **best[(d, o)][1]} for o in names]
         fig = nplot.sharpness_scatter(rows)
         fig.axes[0].set_title(f"{d}: sharpness of the reached minimum vs test error")
         paths.append(_save(fig, fig_dir, f"natural_sharpness_{d}"))
