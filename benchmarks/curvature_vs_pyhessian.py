@@ -186,7 +186,10 @@ def jax_worker(path: str, tasks: list[str], reference: float | None) -> dict:
             if float(res_p.std_error) <= 0.05 * abs(float(res_p.estimate)):
                 break
         best = "hutchpp" if t_p < t_a else "adaptive"
+        chosen = res_p if best == "hutchpp" else res_a
         out["trace5pct"] = {
+            "value": float(chosen.estimate),
+            "se": float(chosen.std_error),
             "adaptive": {
                 "value": float(res_a.estimate),
                 "se": float(res_a.std_error),
