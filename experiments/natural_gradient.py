@@ -391,7 +391,7 @@ def summarise(config: Config, best: dict, geometry: dict) -> dict:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         idx = {n: i for i, n in enumerate(OPERATORS)}
-        for e, m in geometry["checkpoints"].items():
+        for e, m in sorted(geometry["checkpoints"].items(), key=lambda kv: int(kv[0])):
             o = m["overlaps"]
             lines.append(
                 f"| {e} | {o[idx['fisher']][idx['hessian']]:.3f} | {o[idx['fisher']][idx['ggn']]:.3f} | "
@@ -432,7 +432,7 @@ def write_figures(config: Config, best: dict, geometry: dict, fig_dir: str) -> l
         paths.append(_save(fig, fig_dir, f"natural_sharpness_{d}"))
     if geometry:
         arrays = geometry["arrays"]
-        epochs = list(geometry["checkpoints"])
+        epochs = sorted(geometry["checkpoints"], key=int)
         fig, axes = plt.subplots(1, len(epochs), figsize=(4.2 * len(epochs), 3.8), constrained_layout=True)
         for ax, e in zip(np.atleast_1d(axes), epochs):
             nplot.overlap_matrix(geometry["checkpoints"][e]["overlaps"], OPERATORS, ax=ax, title=f"epoch {e}")
