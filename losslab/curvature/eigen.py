@@ -139,8 +139,12 @@ def lanczos(
         b = jnp.linalg.norm(w)
         scale = jnp.maximum(scale, jnp.abs(a) + b)
         broke = b <= 10 * eps * jnp.sqrt(jnp.asarray(n, dtype)) * scale
-        fresh = orthogonalize(jax.random.normal(jax.random.fold_in(restart_key, j), (n,), dtype), basis)
-        nxt = jnp.where(broke, fresh, w)
+        # Only on breakdown: draw and orthogonalise a fresh vector (lax.cond skips the cost otherwise).
+        nxt = jax.lax.cond(
+            broke,
+            lambda: orthogonalize(jax.random.normal(jax.random.fold_in(restart_key, j), (n,), dtype), basis),
+            lambda: w,
+        )
         nxt = nxt / jnp.maximum(jnp.linalg.norm(nxt), jnp.finfo(dtype).tiny)
         b = jnp.where(broke, jnp.zeros_like(b), b)
         return basis, alpha.at[j].set(a), beta.at[j].set(b), nxt, v, b, scale
