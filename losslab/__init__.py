@@ -4,7 +4,24 @@ Every tool is a plain function over a model's parameters, built around one
 pure function, the :class:`Objective`'s ``loss(params)``.
 """
 
-from losslab import checkpoint, data, losses, models, optim, registry, results, train
+from losslab import (
+    checkpoint,
+    correlation,
+    curvature,
+    data,
+    directions,
+    kfac,
+    losses,
+    models,
+    natural,
+    optim,
+    registry,
+    results,
+    sharpness,
+    surface,
+    symmetry,
+    train,
+)
 from losslab.objective import Objective, chunked_sum
 from losslab.train import EarlyStopping, History, Probe, ReduceOnPlateau, TrainResult, diagnose
 
@@ -19,12 +36,20 @@ __all__ = [
     "TrainResult",
     "checkpoint",
     "chunked_sum",
+    "correlation",
+    "curvature",
     "data",
     "diagnose",
+    "directions",
+    "kfac",
     "losses",
     "models",
+    "natural",
     "optim",
     "registry",
     "results",
+    "sharpness",
+    "surface",
+    "symmetry",
     "train",
 ]
