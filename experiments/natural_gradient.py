@@ -346,6 +346,8 @@ def run(config: Config, out_dir: str) -> dict:
     atomic_write_json(
         os.path.join(out_dir, EXPERIMENT, "summary.json"), {k: v for k, v in summary.items() if k != "note"}
     )
+    summary["best"] = best  # {(dataset, optimizer): (config, metrics)}, for the paper's figure
+    summary["geometry_arrays"] = geometry.get("arrays", {})
     atomic_write_text(os.path.join(out_dir, EXPERIMENT, "summary.md"), summary["note"])
     return summary
 

@@ -149,11 +149,17 @@ def draw(rows, folder: str, path: str | None = None, caption: str | None = None)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from losslab.plot.training import save
+    from losslab.plot.training import save, training_curves
 
     s = summarize(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax = axes[0]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    noise_runs = [(c, m) for c, m in rows if c["part"] == "noise"]
+    first_seed = min(c["seed"] for c, _ in noise_runs)
+    rates = sorted({c["noise"] for c, _ in noise_runs})
+    shown = {f"noise {100 * c['noise']:g} %": m["history"] for c, m in noise_runs
+             if c["seed"] == first_seed and c["noise"] in (rates[0], rates[-1])}
+    training_curves(shown, ax=axes[0], title="train/val loss and the early-stopping point")
+    ax = axes[1]
     p = np.asarray([e["noise"] for e in s["noise"]])
     ax.errorbar(100 * p, [e["best_val_loss"] for e in s["noise"]], yerr=[e["std"] for e in s["noise"]],
                 fmt="o-", capsize=3, label="best validation loss (early stopping)")
@@ -165,7 +171,7 @@ def draw(rows, folder: str, path: str | None = None, caption: str | None = None)
     ax.set_title("best validation loss vs the noise floor")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax = axes[1]
+    ax = axes[2]
     ratios = sorted({e["ratio"] for e in s["imbalance"]}, reverse=True)
     width = 0.8 / max(len({e["loss"] for e in s["imbalance"]}), 1)
     for i, loss in enumerate(dict.fromkeys(e["loss"] for e in s["imbalance"])):

@@ -392,7 +392,8 @@ def analyse(config: Config, out_dir: str) -> dict:
             fig = splot.keskar_contrast(batch_rows)
             fig.savefig(os.path.join(folder, "keskar.png"), dpi=110)
             plt.close(fig)
-    return {"num_runs": len(rows), "tau": table, "keskar": contrast, "folder": folder}
+    return {"num_runs": len(rows), "tau": table, "keskar": contrast, "folder": folder, "rows": rows,
+            "measures": measures}
 
 
 # ----------------------------------------------------------------------------

@@ -223,7 +223,7 @@ def _resnet_train_configs(config: Config) -> dict[str, dict]:
 def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
     """Runs (or resumes) the study into ``<out_dir>/surfaces/`` and draws its figures.
 
-    Returns ``{"runs": {name: metrics}, "figures": [paths]}``.
+    Returns ``{"runs": {name: metrics}, "figures": [paths], "stored": {name: results.Run}}``.
     """
     store = RunStore(out_dir, EXPERIMENT)
     key = jax.random.key(config.seed)
@@ -390,7 +390,7 @@ def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
     }
     loaded = {name: store.load(cfg, cfg["name"]) for name, cfg in all_cfgs.items()}
     figures = make_figures(loaded, fig_dir or os.path.join(out_dir, "figures"))
-    return {"runs": {name: run_.metrics for name, run_ in loaded.items()}, "figures": figures}
+    return {"runs": {name: run_.metrics for name, run_ in loaded.items()}, "figures": figures, "stored": loaded}
 
 
 # --------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def run(config: Config, out_dir: str) -> dict:
     text = format_table(table, config.target_val_loss)
     atomic_write_text(os.path.join(folder, "summary.md"), text + "\n")
     figure_paths = draw(rows, folder)
-    return {"table": table, "markdown": text, "figures": figure_paths}
+    return {"table": table, "markdown": text, "figures": figure_paths, "rows": rows}
 
 
 def draw(rows: list[tuple[dict, dict]], folder: str) -> list[str]:

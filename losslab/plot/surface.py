@@ -346,10 +346,10 @@ def save(fig, path: str, *, dpi: int = 150) -> list[str]:
     stem, _ = os.path.splitext(path)
     directory = os.path.dirname(os.path.abspath(stem))
     os.makedirs(directory, exist_ok=True)
-    out = []
-    fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{stem}.{ext}", dpi=dpi, bbox_inches="tight")
-        out.append(f"{stem}.{ext}")
+    from losslab.plot.training import save as _save
+
+    if not fig.get_constrained_layout():
+        fig.tight_layout()
+    out = _save(fig, stem, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
+
+_METADATA: list[dict] = []
+
+
+@contextlib.contextmanager
+def figure_metadata(**metadata) -> Iterator[None]:
+    """Within the block, every figure written by :func:`save` also carries ``metadata``.
+
+    Lets a driver (e.g. ``experiments.paper``) stamp provenance into figures drawn by
+    code it does not control::
+
+        with figure_metadata(config_hash="3f2a...", git_commit="abc123"):
+            study.draw(runs, folder)
+    """
+    _METADATA.append({str(k): v for k, v in metadata.items()})
+    try:
+        yield
+    finally:
+        _METADATA.pop()
 
 
 def _axes(ax, figsize=(6.0, 4.0)):
@@ -67,15 +87,29 @@ def training_curves(
     return fig
 
 
-def save(fig, path_without_suffix: str, *, formats: Sequence[str] = ("png", "pdf"), metadata: Mapping | None = None):
+def save(
+    fig,
+    path_without_suffix: str,
+    *,
+    formats: Sequence[str] = ("png", "pdf"),
+    metadata: Mapping | None = None,
+    dpi: int = 150,
+    bbox_inches: str | None = None,
+):
     """Saves a figure as PNG and PDF (``path_without_suffix`` + ``.png``/``.pdf``), with metadata.
 
     ``metadata`` (e.g. provenance: config hash, versions, git commit) is written into both
-    files (PNG text chunks, PDF info dictionary). Returns the written paths.
+    files (PNG text chunks, PDF info dictionary), merged over any active
+    :func:`figure_metadata` block. Returns the written paths.
     """
     import os
 
     os.makedirs(os.path.dirname(os.path.abspath(path_without_suffix)), exist_ok=True)
+    merged: dict = {}
+    for layer in _METADATA:
+        merged.update(layer)
+    merged.update(metadata or {})
+    metadata = merged
     paths = []
     for fmt in formats:
         path = f"{path_without_suffix}.{fmt}"
@@ -85,6 +119,6 @@ def save(fig, path_without_suffix: str, *, formats: Sequence[str] = ("png", "pdf
                 meta = {str(k): str(v) for k, v in metadata.items()}
             elif fmt == "pdf":
                 meta = {"Subject": "; ".join(f"{k}={v}" for k, v in metadata.items()), "Creator": "losslab"}
-        fig.savefig(path, dpi=150 if fmt == "png" else None, metadata=meta)
+        fig.savefig(path, dpi=dpi if fmt == "png" else None, metadata=meta, bbox_inches=bbox_inches)
         paths.append(path)
     return paths
