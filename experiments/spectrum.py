@@ -93,7 +93,7 @@ def run(config: Config, out_dir: str) -> dict:
     metrics = run_sweep(store, [(c, spectra) for c in cfgs], desc="spectrum study")
     runs = [store.load(c) for c in cfgs]
     figs = draw(runs, os.path.join(out_dir, EXPERIMENT))
-    return {"metrics": metrics, "figures": figs}
+    return {"metrics": metrics, "figures": figs, "runs": runs}
 
 
 def draw(runs, folder: str, path: str | None = None, caption: str | None = None) -> list[str]:
