@@ -211,6 +211,14 @@ class Dataset:
             raise ValueError(f"unknown split {name!r}; valid split names: {', '.join(SPLITS)}")
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
+    def __repr__(self) -> str:
+        # One line instead of the dataclass default, which prints every array.
+        sizes = ", ".join(f"{s}={getattr(self, f'x_{s}').shape[0]}" for s in SPLITS)
+        target = f"num_classes={self.num_classes}" if self.task == "classification" else f"output_dim={self.output_dim}"
+        transforms = [t.get("transform") for t in self.info.get("transforms", ()) if isinstance(t, Mapping)]
+        extra = f", transforms={transforms}" if transforms else ""
+        return f"Dataset({self.name!r}, {self.task}, input_shape={self.input_shape}, {target}, {sizes}{extra})"
+
 
 def _readonly(array) -> np.ndarray:
     view = np.asarray(array).view()

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from losslab import _display as fmt
+
 Array = jax.Array
 PyTree = Any
 
@@ -233,6 +235,10 @@ class PlaneBasis(NamedTuple):
     directions: tuple[PyTree, PyTree]
     coords: np.ndarray
 
+    def __repr__(self) -> str:
+        pts = "; ".join(f"({fmt.num(x)}, {fmt.num(y)})" for x, y in np.asarray(self.coords).reshape(-1, 2))
+        return f"PlaneBasis(2 orthonormal directions, defining points at {pts})"
+
 
 def plane_through(params_0: PyTree, params_1: PyTree, params_2: PyTree) -> PlaneBasis:
     r"""The plane through three solutions, by Gram–Schmidt (Garipov et al. 2018, Sec. 5).
@@ -287,6 +293,14 @@ class TrajectoryPCA(NamedTuple):
     singular_values: np.ndarray
     coords: np.ndarray
     epochs: np.ndarray
+
+    def __repr__(self) -> str:
+        epochs = np.asarray(self.epochs)
+        when = f", epochs {epochs.min()}–{epochs.max()}" if epochs.size else ""
+        return (
+            f"TrajectoryPCA({len(self.directions)} components, explained variance "
+            f"{fmt.values(self.explained_variance_ratio, 3)}, {len(epochs)} snapshots{when})"
+        )
 
 
 def trajectory_pca(
@@ -371,6 +385,9 @@ class HessianDirections(NamedTuple):
 
     directions: tuple
     eigenvalues: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"HessianDirections({len(self.directions)} directions, eigenvalues={fmt.values(self.eigenvalues)})"
 
 
 def hessian_directions(

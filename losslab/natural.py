@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from losslab import _display as fmt
 from losslab.curvature.operators import LinearOperator
 
 Array = jax.Array
@@ -77,6 +78,12 @@ class CGResult(NamedTuple):
     residual_norm: Array
     converged: Array
     num_matvecs: Array
+
+    def __repr__(self) -> str:
+        return (
+            f"CGResult(converged={fmt.num(self.converged)} after {fmt.num(self.num_steps)} steps, "
+            f"residual_norm={fmt.num(self.residual_norm, 3)}, {fmt.num(self.num_matvecs)} matvecs, x {fmt.shape(self.x)})"
+        )
 
 
 def cg_solve(

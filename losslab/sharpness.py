@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from losslab import _display as fmt
 from losslab.registry import lookup
 
 Array = jax.Array
@@ -84,6 +85,13 @@ class MeasureResult(NamedTuple):
     value: float
     std_error: float | None
     info: dict
+
+    def __repr__(self) -> str:
+        details = fmt.scalars(self.info)
+        return f"MeasureResult(value={fmt.pm(self.value, self.std_error)}" + (f"; {details})" if details else ")")
+
+    def __float__(self) -> float:
+        return float(self.value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +122,7 @@ class Measure:
         return self.fn(objective, params, key, **options)
 
     def invariant_to(self, symmetry: str) -> bool:
+        """Whether the measure is declared invariant to ``symmetry`` (a tag such as ``"node_rescaling"``)."""
         return symmetry in self.invariances
 
 

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from losslab import _display as fmt
 from losslab import optim
 from losslab.directions import _check_same_structure
 
@@ -288,6 +289,10 @@ class LineSlice(NamedTuple):
     t: np.ndarray
     values: dict
 
+    def __repr__(self) -> str:
+        ranges = "".join(f", {k} ∈ {fmt.span(v)}" for k, v in self.values.items())
+        return f"LineSlice({np.size(self.t)} points, t ∈ {fmt.span(self.t)}{ranges})"
+
 
 class PlaneSlice(NamedTuple):
     """A 2-D slice ``θ0 + x d1 + y d2``.
@@ -302,6 +307,13 @@ class PlaneSlice(NamedTuple):
     x: np.ndarray
     y: np.ndarray
     values: dict
+
+    def __repr__(self) -> str:
+        ranges = "".join(f", {k} ∈ {fmt.span(v)}" for k, v in self.values.items())
+        return (
+            f"PlaneSlice({np.size(self.x)}×{np.size(self.y)} grid, x ∈ {fmt.span(self.x)}, "
+            f"y ∈ {fmt.span(self.y)}{ranges})"
+        )
 
 
 def _axis(values, span, num, name):
@@ -415,6 +427,13 @@ class PathResult(NamedTuple):
     metric: str
     control: PyTree | None = None
     train_losses: np.ndarray = np.zeros(0)
+
+    def __repr__(self) -> str:
+        kind = "linear" if self.control is None else f"Bezier, trained {np.size(self.train_losses)} steps"
+        return (
+            f"PathResult({kind}, {np.size(self.t)} points, {self.metric} barrier={fmt.num(self.barrier)}, "
+            f"frankle_barrier={fmt.num(self.frankle_barrier)})"
+        )
 
 
 def linear_barrier(

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from losslab import _display as fmt
+
 LAYER_GROUPS = ("convs", "layers", "fc", "head")
 _OTHER_GROUPS = ("norms",)
 
@@ -200,6 +202,14 @@ class SymmetryReport(NamedTuple):
     def consistent(self) -> bool:
         """False when a measure declared invariant changed."""
         return not (self.declared_invariant and self.changed)
+
+    def __repr__(self) -> str:
+        verdict = "consistent" if self.consistent else "INCONSISTENT: declared invariant but changed"
+        return (
+            f"SymmetryReport(before={fmt.num(self.before)}, after={fmt.num(self.after)}, "
+            f"change={100 * self.relative_change:.3g}%, declared_invariant={self.declared_invariant}, "
+            f"changed={self.changed}, {verdict})"
+        )
 
 
 def compare_measures(

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from losslab import _display as fmt
 from losslab import optim
 from losslab.objective import Objective
 
@@ -90,14 +91,45 @@ class History:
     stop_reason: str = ""
 
     def as_dict(self) -> dict:
+        """The history as a plain JSON-friendly dict (what the results store writes)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> History:
+        """Rebuilds a :class:`History` from :meth:`as_dict` output (e.g. loaded from JSON)."""
         return cls(**d)
 
     def __len__(self) -> int:
         return len(self.epoch)
+
+    def _trend(self, name: str) -> str:
+        vals = [v for v in getattr(self, name) if math.isfinite(v)]
+        if not vals:
+            return ""
+        return f", {name} {fmt.num(vals[0])} → {fmt.num(vals[-1])}"
+
+    def summary(self) -> str:
+        """One line: epochs, steps, first → last losses, best epoch and why training stopped."""
+        if not self.epoch:
+            return "no epochs"
+        trends = "".join(self._trend(n) for n in ("train_eval_loss", "val_loss", "val_accuracy"))
+        probes = f", probes {sorted(self.probes)}" if self.probes else ""
+        stop = f", stop: {self.stop_reason}" if self.stop_reason else ""
+        return (
+            f"{len(self.epoch)} epochs, {self.step[-1]} steps{trends}, best_epoch={self.best_epoch}{probes}{stop}"
+        )
+
+    def __repr__(self) -> str:
+        return f"History({self.summary()})"
+
+    def _repr_markdown_(self) -> str:
+        cols = ("epoch", "step", "train_loss", "train_eval_loss", "train_accuracy", "val_loss", "val_accuracy")
+        n = len(self.epoch)
+        shown = list(range(n)) if n <= 8 else [*range(3), None, *range(n - 4, n)]
+        rows = []
+        for i in shown:
+            rows.append(["…"] * len(cols) if i is None else [fmt.num(getattr(self, c)[i]) for c in cols])
+        return fmt.md_table(cols, rows, f"History: {self.summary()}")
 
 
 class TrainResult(NamedTuple):
@@ -117,6 +149,17 @@ class TrainResult(NamedTuple):
     history: History
     snapshots: list
     objective: Objective
+
+    def _summary(self) -> str:
+        num_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(self.params))
+        snaps = f", {len(self.snapshots)} snapshots" if self.snapshots else ""
+        return f"{num_params} params{snaps}; {self.history.summary()}"
+
+    def __repr__(self) -> str:
+        return f"TrainResult({self._summary()})"
+
+    def _repr_markdown_(self) -> str:
+        return f"**TrainResult** ({self.objective!r})\n\n{self.history._repr_markdown_()}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,9 @@ def test_hessian_trace_one_liner(obj, exact):
     assert abs(est.value - exact.sum()) < NUM_SE * est.std_error
     assert est.num_matvecs == 200 and est.compiled
     text = str(est)
-    assert "Hessian trace" in text and "±" in text and "200 matvecs" in text and repr(est) == text
+    assert "Hessian trace" in text and "±" in text and "200 matvecs" in text and "\n" not in text
+    assert repr(est).startswith("TraceEstimate(trace=") and "200 matvecs" in repr(est)
+    assert est._repr_markdown_().startswith("**Hessian trace**")
     again = cv.hessian_trace(
         obj, jax.tree.map(lambda a: a * 1.01, obj.params), jax.random.key(1), method="hutchinson", num_matvecs=200
     )
@@ -59,6 +61,8 @@ def test_hessian_eigenvalues_one_liner(obj, exact):
     top = cv.hessian_eigenvalues(obj, k=2, num_steps=obj.num_params)
     np.testing.assert_allclose(top.eigenvalues, exact[::-1][:2], rtol=EIG_RTOL)
     assert "λ" in str(top) and "lanczos" in str(top)
+    assert repr(top).startswith("EigenvalueEstimate(top-2 λ=[") and "\n" not in repr(top)
+    assert top._repr_markdown_().count("\n| ") == 3  # header + one row per eigenvalue
     bottom = cv.hessian_eigenvalues(obj, k=1, which="smallest", exact=True)
     np.testing.assert_allclose(bottom.eigenvalues, exact[:1], rtol=1e-8)
     direction = top.direction(0)
@@ -75,6 +79,7 @@ def test_hessian_density_one_liner_and_plot(obj, exact):
     np.testing.assert_allclose(np.trapezoid(dens.density, dens.grid), 1.0, atol=1e-6)
     np.testing.assert_allclose(np.sort(dens.result.nodes[0]), exact, atol=1e-8)
     assert "spectral density" in str(dens) and "negative fraction" in str(dens)
+    assert repr(dens).startswith("DensityEstimate(λ ∈ [") and "\n" not in repr(dens)
     ggn = cv.hessian_density(obj, operator="ggn", exact=True)
     assert float(ggn.result.negative_mass) < 1e-12  # PSD: "negative" eigenvalues are round-off zeros only
     fig = plot_density(dens, label="Hessian")

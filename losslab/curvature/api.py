@@ -1,7 +1,12 @@
 """One-line curvature calls for notebooks, returning small result objects with error bars.
 
->>> hessian_trace(objective, params)          # doctest: +SKIP
-Hessian trace = 41.27 ± 0.83 (hutch++, 102 matvecs, 0.41 s)
+>>> print(hessian_trace(objective, params))          # doctest: +SKIP
+Hessian trace = 41.27 ± 0.83 (hutchpp, 102 matvecs, 0.41 s)
+>>> hessian_trace(objective, params)                 # doctest: +SKIP
+TraceEstimate(trace=41.27 ± 0.83, hessian, hutchpp, 102 matvecs, 0.41 s)
+
+``str`` is a sentence, ``repr`` names the class, and notebooks render a short
+Markdown line (a table of eigenvalues for :class:`EigenvalueEstimate`).
 
 Each call builds the operator and runs the estimator inside one jitted
 program, with the :class:`~losslab.Objective` passed *as an argument* (it is
@@ -21,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from losslab import _display as fmt
 from losslab.curvature import dense as dense_lib
 from losslab.curvature import density as density_lib
 from losslab.curvature import eigen as eigen_lib
@@ -72,10 +78,6 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start, fn._cache_size() > before
 
 
-def _time_note(seconds: float, compiled: bool) -> str:
-    return f"{seconds:.2f} s" + (" incl. compile" if compiled else "")
-
-
 # ----------------------------------------------------------------------------
 # Trace
 
@@ -83,6 +85,10 @@ def _time_note(seconds: float, compiled: bool) -> str:
 @dataclasses.dataclass(frozen=True)
 class TraceEstimate:
     """A trace with its standard error; ``float(t)`` is the value.
+
+    ``str(t)`` is a sentence (``Hessian trace = 175.2 ± 1.4 (hutchpp, 102 matvecs, 1.61 s)``),
+    ``repr(t)`` the same facts as ``TraceEstimate(trace=175.2 ± 1.4, ...)``; notebooks show a
+    Markdown line.
 
     Attributes:
       value: the estimate. std_error: its standard error (0 when exact).
@@ -104,10 +110,20 @@ class TraceEstimate:
     def __str__(self) -> str:
         return (
             f"{_TITLES[self.operator]} trace = {self.value:.6g} ± {self.std_error:.2g} "
-            f"({self.method}, {self.num_matvecs} matvecs, {_time_note(self.seconds, self.compiled)})"
+            f"({self.method}, {self.num_matvecs} matvecs, {fmt.seconds(self.seconds, self.compiled)})"
         )
 
-    __repr__ = __str__
+    def __repr__(self) -> str:
+        return (
+            f"TraceEstimate(trace={fmt.pm(self.value, self.std_error)}, {self.operator}, {self.method}, "
+            f"{self.num_matvecs} matvecs, {fmt.seconds(self.seconds, self.compiled)})"
+        )
+
+    def _repr_markdown_(self) -> str:
+        return (
+            f"**{_TITLES[self.operator]} trace** = {self.value:.6g} ± {self.std_error:.2g} "
+            f"*({self.method}, {self.num_matvecs} matvecs, {fmt.seconds(self.seconds, self.compiled)})*"
+        )
 
 
 @functools.partial(jax.jit, static_argnames=("operator", "method", "num_matvecs", "rel_std_error", "select"))
@@ -213,17 +229,32 @@ class EigenvalueEstimate:
         """Eigenvector i as a params pytree (zeros outside a ``select``-ed subset)."""
         return self.unravel(jnp.asarray(self.eigenvectors[i]))
 
+    def _label(self) -> str:
+        k = len(self.eigenvalues)
+        if k == 1:
+            return "λ_max" if self.which == "largest" else "λ_min"
+        return f"top-{k} λ" if self.which == "largest" else f"bottom-{k} λ"
+
+    def _cost(self) -> str:
+        return f"{self.method}, {self.num_matvecs} matvecs, {fmt.seconds(self.seconds, self.compiled)}"
+
     def __str__(self) -> str:
         vals = ", ".join(f"{v:.6g}" for v in self.eigenvalues)
-        label = "λ_max" if self.which == "largest" else "λ_min"
-        if len(self.eigenvalues) > 1:
-            label = f"top-{len(self.eigenvalues)} λ" if self.which == "largest" else f"bottom-{len(self.eigenvalues)} λ"
         return (
-            f"{_TITLES[self.operator]} {label} = [{vals}] (residual ≤ {np.max(self.residuals):.2g}; "
-            f"{self.method}, {self.num_matvecs} matvecs, {_time_note(self.seconds, self.compiled)})"
+            f"{_TITLES[self.operator]} {self._label()} = [{vals}] (residual ≤ {np.max(self.residuals):.2g}; "
+            f"{self._cost()})"
         )
 
-    __repr__ = __str__
+    def __repr__(self) -> str:
+        return (
+            f"EigenvalueEstimate({self._label()}={fmt.values(self.eigenvalues)}, "
+            f"residual ≤ {np.max(self.residuals):.2g}, {self.operator}, {self._cost()})"
+        )
+
+    def _repr_markdown_(self) -> str:
+        rows = [(i + 1, f"{v:.6g}", f"{r:.2g}") for i, (v, r) in enumerate(zip(self.eigenvalues, self.residuals))]
+        caption = f"{_TITLES[self.operator]} {self._label()} ({self._cost()})"
+        return fmt.md_table(("i", "λ_i", "residual ‖Hu − λu‖"), rows, caption)
 
 
 @functools.partial(jax.jit, static_argnames=("operator", "method", "k", "num_steps", "which", "select"))
@@ -339,18 +370,22 @@ class DensityEstimate:
 
     @property
     def grid(self) -> np.ndarray:
+        """``(g,)`` evaluation points t of the density."""
         return np.asarray(self.result.grid)
 
     @property
     def density(self) -> np.ndarray:
+        """``(g,)`` broadened density :math:`\\hat\\phi(t)` on :attr:`grid` (integrates to ≈ 1)."""
         return np.asarray(self.result.density)
 
     @property
     def negative_fraction(self) -> float:
+        """Estimated fraction of eigenvalues below 0 (quadrature weight of the negative nodes)."""
         return float(self.result.negative_fraction)
 
     @property
     def negative_count(self) -> float:
+        """Estimated number of negative eigenvalues, n × :attr:`negative_fraction`."""
         return float(self.result.negative_count)
 
     def plot(self, ax=None, **kwargs):
@@ -359,18 +394,29 @@ class DensityEstimate:
 
         return density(self, ax=ax, **kwargs)
 
-    def __str__(self) -> str:
+    def _facts(self) -> str:
         r = self.result
-        nodes = np.asarray(r.nodes)
-        probes, steps = nodes.shape
         return (
-            f"{_TITLES[self.operator]} spectral density: λ ∈ [{nodes.min():.4g}, {nodes.max():.4g}], "
-            f"negative fraction {100 * self.negative_fraction:.2f}% (≈ {self.negative_count:.0f} of {int(r.size)}), "
-            f"σ = {float(r.sigma):.2g} ({self.method}: {probes} probe(s) × {steps} nodes, "
-            f"{int(r.num_matvecs)} matvecs, {_time_note(self.seconds, self.compiled)})"
+            f"λ ∈ {fmt.span(r.nodes)}, negative fraction {100 * self.negative_fraction:.2f}% "
+            f"(≈ {self.negative_count:.0f} of {int(r.size)}), σ = {float(r.sigma):.2g}"
         )
 
-    __repr__ = __str__
+    def _cost(self) -> str:
+        r = self.result
+        probes, steps = np.asarray(r.nodes).shape
+        return (
+            f"{self.method}: {probes} probe(s) × {steps} nodes, {int(r.num_matvecs)} matvecs, "
+            f"{fmt.seconds(self.seconds, self.compiled)}"
+        )
+
+    def __str__(self) -> str:
+        return f"{_TITLES[self.operator]} spectral density: {self._facts()} ({self._cost()})"
+
+    def __repr__(self) -> str:
+        return f"DensityEstimate({self._facts()}, {self.operator}, {self._cost()})"
+
+    def _repr_markdown_(self) -> str:
+        return f"**{_TITLES[self.operator]} spectral density**: {self._facts()} *({self._cost()})*"
 
 
 @functools.partial(

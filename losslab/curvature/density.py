@@ -16,7 +16,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from losslab import _display as fmt
 from losslab.curvature.eigen import _check_steps, lanczos
 from losslab.curvature.operators import LinearOperator
 from losslab.curvature.trace import DISTRIBUTIONS, _probe, check_mesh, shard_probes
@@ -45,6 +47,19 @@ class DensityResult(NamedTuple):
     sigma: Array
     num_matvecs: Array
     size: Array
+
+    def __repr__(self) -> str:
+        nodes = fmt._array(self.nodes)
+        weights = fmt._array(self.weights)
+        if nodes is not None and weights is not None and nodes.ndim == 2:
+            negative = f"{100 * float(np.sum(weights * (nodes < 0)) / nodes.shape[0]):.2f}%"
+        else:
+            negative = "?"
+        probes, steps = fmt.shape(self.nodes) if len(fmt.shape(self.nodes)) == 2 else ("?", "?")
+        return (
+            f"DensityResult(λ ∈ {fmt.span(self.nodes)}, negative fraction {negative}, σ = {fmt.num(self.sigma, 2)}, "
+            f"{probes} probe(s) × {steps} nodes, grid {fmt.shape(self.grid)}, {fmt.num(self.num_matvecs)} matvecs)"
+        )
 
     def integral(self) -> Array:
         """Trapezoid integral of the density over the grid (≈ 1)."""

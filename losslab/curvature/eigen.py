@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from losslab import _display as fmt
 from losslab.curvature.operators import LinearOperator
 
 Array = jax.Array
@@ -47,6 +48,14 @@ class EigenResult(NamedTuple):
         """:math:`|\\lambda_1| / |\\lambda_k|` over the k eigenvalues found (the top-k condition number)."""
         return jnp.abs(self.eigenvalues[0]) / jnp.abs(self.eigenvalues[-1])
 
+    def __repr__(self) -> str:
+        conv = fmt._array(self.converged)
+        done = f"{int(conv.sum())}/{conv.size} converged" if conv is not None else "? converged"
+        return (
+            f"EigenResult(eigenvalues={fmt.values(self.eigenvalues)}, residual ≤ {fmt.largest(self.residuals)}, "
+            f"{done}, {fmt.num(self.num_matvecs)} matvecs, eigenvectors {fmt.shape(self.eigenvectors)})"
+        )
+
 
 class LanczosResult(NamedTuple):
     """The Lanczos decomposition :math:`A V^\\top = V^\\top T + \\beta_m v_{m+1} e_m^\\top`.
@@ -69,6 +78,12 @@ class LanczosResult(NamedTuple):
         """The ``(m, m)`` symmetric tridiagonal matrix T."""
         off = self.beta[:-1]
         return jnp.diag(self.alpha) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+    def __repr__(self) -> str:
+        return (
+            f"LanczosResult(basis {fmt.shape(self.basis)}, alpha ∈ {fmt.span(self.alpha)}, "
+            f"remainder β_m = {fmt.entry(self.beta, -1, 2)}, {fmt.num(self.num_matvecs)} matvecs)"
+        )
 
     def ritz(self) -> tuple[Array, Array, Array]:
         """Ritz values (ascending), Ritz vectors ``(m, n)`` and residual bounds ``|beta_m s_{m,i}|``."""

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from losslab import _display as fmt
 from losslab.curvature.operators import LinearOperator
 
 Array = jax.Array
@@ -39,6 +40,9 @@ class TraceResult(NamedTuple):
     std_error: Array
     num_matvecs: Array
 
+    def __repr__(self) -> str:
+        return f"TraceResult(estimate={fmt.pm(self.estimate, self.std_error)}, {fmt.num(self.num_matvecs)} matvecs)"
+
 
 class DiagonalResult(NamedTuple):
     """A diagonal estimate ``(n,)`` with per-entry standard errors ``(n,)``."""
@@ -46,6 +50,12 @@ class DiagonalResult(NamedTuple):
     estimate: Array
     std_error: Array
     num_matvecs: Array
+
+    def __repr__(self) -> str:
+        return (
+            f"DiagonalResult(n={fmt.shape(self.estimate)[0] if fmt.shape(self.estimate) else '?'}, estimate ∈ {fmt.span(self.estimate)}, std_error ∈ {fmt.span(self.std_error)}, "
+            f"{fmt.num(self.num_matvecs)} matvecs)"
+        )
 
 
 def _check(distribution: str, chunk_size: int):
