@@ -37,6 +37,9 @@ def loss_curves(
       metric: a per-epoch history key (``train_eval_loss``, ``val_loss``).
       ax: optional axes.
       target: draw the fixed target loss as a horizontal line.
+
+    Returns:
+      The matplotlib figure.
     """
     if x not in X_LABELS:
         raise ValueError(f"unknown x axis {x!r}; valid: {', '.join(X_LABELS)}")
@@ -54,7 +57,7 @@ def loss_curves(
 
 
 def overlap_matrix(matrix, labels: Sequence[str], *, ax=None, title: str = ""):
-    """Heat map of top-k eigenspace overlaps ``||U_aᵀ U_b||_F² / k`` (1 = same subspace)."""
+    """Heat map of top-k eigenspace overlaps ``||U_aᵀ U_b||_F² / k`` (1 = same subspace); returns the figure."""
     fig, ax = _axes(ax, (3.6, 3.2))
     m = np.asarray(matrix, float)
     im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
@@ -70,7 +73,7 @@ def overlap_matrix(matrix, labels: Sequence[str], *, ax=None, title: str = ""):
 
 
 def densities(curves: Mapping[str, tuple], *, ax=None, floor: float = 1e-6, title: str = ""):
-    """Overlaid spectral densities ``{name: (grid, density)}`` on a log density axis."""
+    """Overlaid spectral densities ``{name: (grid, density)}`` on a log density axis; returns the figure."""
     fig, ax = _axes(ax)
     for name, (grid, dens) in curves.items():
         ax.plot(np.asarray(grid), np.maximum(np.asarray(dens), floor), label=name, lw=1.2)
@@ -84,7 +87,10 @@ def densities(curves: Mapping[str, tuple], *, ax=None, floor: float = 1e-6, titl
 
 
 def sharpness_scatter(rows: Sequence[Mapping], *, measure: str = "lambda_max", ax=None):
-    """Sharpness of each optimizer's minimum (x) against its test error (y), one labelled point per row."""
+    """Sharpness of each optimizer's minimum (x) against its test error (y), one labelled point per row.
+
+    Returns the figure.
+    """
     fig, ax = _axes(ax)
     for row in rows:
         ax.scatter(row[measure], row["test_error"], s=25)
@@ -98,7 +104,7 @@ def sharpness_scatter(rows: Sequence[Mapping], *, measure: str = "lambda_max", a
 
 
 def diagonal_scatter(adam_v, fisher_diag, *, ax=None, title: str = ""):
-    """Adam's second moment against the Fisher diagonal, log-log, one point per parameter."""
+    """Adam's second moment against the Fisher diagonal, log-log, one point per parameter; returns the figure."""
     fig, ax = _axes(ax)
     v = np.asarray(adam_v, float)
     f = np.asarray(fisher_diag, float)

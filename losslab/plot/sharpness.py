@@ -73,16 +73,37 @@ def measure_vs_gap(
     return fig
 
 
-def measure_grid(rows: Sequence[Mapping], measures: Sequence[str], gap: str = "gap_error", *, ncols: int = 4):
-    """One :func:`measure_vs_gap` panel per measure in a grid; returns the figure."""
+def measure_grid(
+    rows: Sequence[Mapping], measures: Sequence[str], gap: str = "gap_error", *, ncols: int = 4, ax=None
+):
+    """One :func:`measure_vs_gap` panel per measure in a grid; returns the figure.
+
+    Args:
+      rows: one flat dict per run.
+      measures: the measure columns, one panel each.
+      gap: the gap column on the y axes.
+      ncols: panels per row of a new figure.
+      ax: optional sequence (or array) of at least ``len(measures)`` axes to draw into; None makes
+        a new ``ceil(len(measures) / ncols) x ncols`` figure. Unused axes are switched off.
+
+    Returns:
+      The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
-    nrows = max(1, -(-len(measures) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
-    for ax, name in zip(axes.ravel(), measures):
-        measure_vs_gap(rows, name, gap, color_by=None, ax=ax)
-    for ax in axes.ravel()[len(measures):]:
-        ax.axis("off")
+    if ax is None:
+        nrows = max(1, -(-len(measures) // ncols))
+        fig, grid = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
+        axes = list(grid.ravel())
+    else:
+        axes = list(np.ravel(ax))
+        if len(axes) < len(measures):
+            raise ValueError(f"ax has {len(axes)} axes for {len(measures)} measures")
+        fig = axes[0].figure
+    for panel, name in zip(axes, measures):
+        measure_vs_gap(rows, name, gap, color_by=None, ax=panel)
+    for panel in axes[len(measures) :]:
+        panel.axis("off")
     fig.tight_layout()
     return fig
 
