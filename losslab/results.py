@@ -6,12 +6,18 @@ run-id is ``<name>-<hash of the config>``. Every file is written to a temporary
 name and renamed (atomic on POSIX); ``metrics.json`` is written last, so a run
 is *finished* exactly when it exists. Rerunning a sweep skips finished runs —
 a sweep killed half-way resumes where it stopped, keeping every finished run.
+
+Reading results back takes one call: :func:`load` returns every finished run of an
+experiment as flat dicts (``run_id``, ``config.*``, ``metrics.*``), or a
+``pandas.DataFrame`` with ``as_dataframe=True`` (pandas is optional:
+``pip install losslab[pandas]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -66,6 +72,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON (sorted keys; NumPy and dataclasses converted) via :func:`atomic_write_text`."""
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True, default=str))
 
 
@@ -120,9 +127,11 @@ class Run:
 
     @property
     def run_id(self) -> str:
+        """The run's folder name, ``<name>-<config hash>``."""
         return os.path.basename(self.path)
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The run's ``arrays.npz`` as ``{name: array}`` (empty when the run stored none)."""
         p = os.path.join(self.path, ARRAYS)
         if not os.path.exists(p):
             return {}
@@ -148,10 +157,12 @@ class RunStore:
         self.directory = os.path.join(root, experiment)
 
     def run_id(self, config: Any, name: str | None = None) -> str:
+        """``<name>-<config hash>``; ``name`` defaults to ``config["name"]``, else ``"run"``."""
         name = name or (config.get("name") if isinstance(config, Mapping) else None) or "run"
         return f"{name}-{config_hash(config)}"
 
     def path(self, config: Any, name: str | None = None) -> str:
+        """The run's folder, ``<root>/<experiment>/<run-id>``."""
         return os.path.join(self.directory, self.run_id(config, name))
 
     def is_done(self, config: Any, name: str | None = None) -> bool:
@@ -214,18 +225,72 @@ def _read_run(path: str) -> Run:
     return Run(path, read(CONFIG), read(METRICS), read(PROVENANCE))
 
 
-def load_table(root: str, experiment: str) -> list[dict]:
+def load_table(root: str, experiment: str, *, provenance: bool = False) -> list[dict]:
     """Every finished run of an experiment as flat dicts ``{"run_id", "config.*", "metrics.*"}``.
 
-    Nested keys are joined with dots; pass the result to ``pandas.DataFrame`` if you like.
+    Nested keys are joined with dots (``{"train": {"lr": 0.1}}`` becomes ``"config.train.lr"``);
+    lists stay values. ``provenance=True`` adds the ``"provenance.*"`` columns (versions, seed,
+    wall time, git commit). Runs are in run-id order; a missing experiment folder gives ``[]``.
+    See :func:`load` for the one-call version that can return a DataFrame.
     """
     rows = []
     for run in RunStore(root, experiment):
         row = {"run_id": run.run_id}
         row.update(_flatten(run.config, "config"))
         row.update(_flatten(run.metrics, "metrics"))
+        if provenance:
+            row.update(_flatten(run.provenance, "provenance"))
         rows.append(row)
     return rows
+
+
+def load(root: str, experiment: str, *, as_dataframe: bool = False, provenance: bool = False):
+    """The stored results of an experiment in one call: config + metrics of every finished run.
+
+    Example::
+
+        rows = results.load("results", "sharpness")                      # list of flat dicts
+        df = results.load("results", "sharpness", as_dataframe=True)     # pandas.DataFrame
+        df.groupby("config.batch_size")["metrics.gap_error"].mean()
+
+    Args:
+      root: the results root (the ``--out`` folder of a study, default ``results``).
+      experiment: the experiment folder under ``root`` (e.g. ``"train"``, ``"sharpness"``).
+      as_dataframe: return a ``pandas.DataFrame`` (one row per run) instead of a list of dicts;
+        needs the optional dependency ``pip install losslab[pandas]``.
+      provenance: also include the ``"provenance.*"`` columns.
+
+    Returns:
+      ``[{"run_id", "config.*", "metrics.*"}, ...]`` (see :func:`load_table`), or a DataFrame.
+
+    Raises:
+      FileNotFoundError: ``<root>/<experiment>`` does not exist (the message lists the
+        experiments found under ``root``).
+      ImportError: ``as_dataframe=True`` without pandas installed.
+    """
+    directory = os.path.join(root, experiment)
+    if not os.path.isdir(directory):
+        found = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e))) if os.path.isdir(root) else []
+        raise FileNotFoundError(f"no experiment {experiment!r} under {root!r}; found: {found}")
+    rows = load_table(root, experiment, provenance=provenance)
+    return to_frame(rows) if as_dataframe else rows
+
+
+def to_frame(rows):
+    """A ``pandas.DataFrame`` with one row per dict of ``rows`` (e.g. from :func:`load_table`).
+
+    Raises:
+      ImportError: pandas is not installed (it is an optional dependency:
+        ``pip install losslab[pandas]``).
+    """
+    if importlib.util.find_spec("pandas") is None:
+        raise ImportError(
+            "results as a DataFrame need pandas, an optional dependency of losslab: "
+            "pip install 'losslab[pandas]' (or pip install pandas)"
+        )
+    import pandas
+
+    return pandas.DataFrame(list(rows))
 
 
 def _flatten(d: Mapping, prefix: str) -> dict:

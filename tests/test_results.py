@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.common import parse_config, run_sweep
+from losslab import results
 from losslab.results import RunStore, config_hash, load_table, provenance
 
 
@@ -62,6 +63,42 @@ def test_sweep_resumes_after_a_kill_without_recomputing(tmp_path):
     metrics = run_sweep(store, runs)
     assert calls == [0, 1, 2, 2, 3], "finished runs must not be recomputed"
     assert [m["value"] for m in metrics] == [0, 10, 20, 30]
+
+
+def _two_runs(root):
+    store = RunStore(root, "exp")
+    for lr in (0.1, 0.01):
+        store.save({"name": "r", "lr": lr, "model": {"widths": [8, 8]}}, {"loss": lr * 2, "curve": [1, 2]}, seed=0)
+    return store
+
+
+def test_load_in_one_call_as_flat_dicts(tmp_path):
+    _two_runs(str(tmp_path))
+    rows = results.load(str(tmp_path), "exp")
+    assert rows == load_table(str(tmp_path), "exp") and len(rows) == 2
+    row = next(r for r in rows if r["config.lr"] == 0.1)
+    assert row["metrics.loss"] == 0.2 and row["config.model.widths"] == [8, 8] and row["metrics.curve"] == [1, 2]
+    assert row["run_id"].startswith("r-") and not any(k.startswith("provenance.") for k in row)
+    with_prov = results.load(str(tmp_path), "exp", provenance=True)
+    assert with_prov[0]["provenance.seed"] == 0 and "provenance.jax" in with_prov[0]
+    with pytest.raises(FileNotFoundError, match=r"no experiment 'exq'.*found: \['exp'\]"):
+        results.load(str(tmp_path), "exq")
+
+
+def test_load_as_dataframe(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    _two_runs(str(tmp_path))
+    df = results.load(str(tmp_path), "exp", as_dataframe=True)
+    assert isinstance(df, pandas.DataFrame) and len(df) == 2
+    assert {"run_id", "config.lr", "metrics.loss"} <= set(df.columns)
+    assert df.set_index("config.lr").loc[0.01, "metrics.loss"] == pytest.approx(0.02)
+
+
+def test_to_frame_without_pandas_says_how_to_install(monkeypatch):
+    real = results.importlib.util.find_spec
+    monkeypatch.setattr(results.importlib.util, "find_spec", lambda name: None if name == "pandas" else real(name))
+    with pytest.raises(ImportError, match=r"pip install 'losslab\[pandas\]'"):
+        results.to_frame([{"a": 1}])
 
 
 def test_provenance_fields():
