@@ -191,3 +191,13 @@ def kendall_table(
             row.update({f"psi/{k}": v for k, v in g.per_axis.items()})
         rows.append(row)
     return rows
+
+
+__all__ = [
+    "ConfidenceInterval",
+    "GranulatedTau",
+    "bootstrap_ci",
+    "granulated_kendall",
+    "kendall_table",
+    "kendall_tau",
+]

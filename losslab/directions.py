@@ -422,3 +422,24 @@ def hessian_directions(
     vecs = jnp.asarray(res.eigenvectors)
     directions = tuple(op.unravel(vecs[i]) for i in range(k))
     return HessianDirections(directions, np.asarray(res.eigenvalues))
+
+
+__all__ = [
+    "BIAS_MODES",
+    "NORMALIZATIONS",
+    "HessianDirections",
+    "PlaneBasis",
+    "TrajectoryPCA",
+    "hessian_directions",
+    "normalize_direction",
+    "plane_through",
+    "random_direction",
+    "random_plane",
+    "segment",
+    "trajectory_pca",
+    "tree_add",
+    "tree_norm",
+    "tree_scale",
+    "tree_sub",
+    "tree_vdot",
+]

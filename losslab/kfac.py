@@ -109,10 +109,12 @@ class KFACLayer(NamedTuple):
 
     @property
     def a_dim(self) -> int:
+        """Size of the input factor A: fan-in (kernel size × input channels for a conv) + 1 with a bias."""
         return math.prod(self.kernel_shape[:-1]) + int(self.has_bias)
 
     @property
     def g_dim(self) -> int:
+        """Size of the output-gradient factor G: the layer's output units / channels."""
         return self.kernel_shape[-1]
 
 
@@ -627,3 +629,16 @@ def kfac(
         return step, KFACState(k, a, g, diag, inv_a, inv_g, velocity)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+__all__ = [
+    "ESTIMATORS",
+    "KFACFactors",
+    "KFACLayer",
+    "KFACState",
+    "find_layers",
+    "kfac",
+    "kfac_factors",
+    "kfac_operator",
+    "output_fisher_sqrt",
+]

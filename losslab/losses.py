@@ -246,6 +246,16 @@ class Loss:
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
+    """A registry entry of :data:`LOSSES`.
+
+    Attributes:
+      fn: the per-example loss ``(outputs, targets, **options) -> (batch,)``.
+      tasks: the tasks it applies to ("classification", "regression").
+      likelihood: the predictive distribution whose negative log-likelihood it is (enables
+        the Fisher operators), or None.
+      option_names: the keyword options it accepts.
+    """
+
     fn: Callable
     tasks: tuple[str, ...]
     likelihood: Likelihood | None

@@ -480,3 +480,18 @@ def diag_fisher(
         return step, DiagFisherState(count, mom, diagonal)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+__all__ = [
+    "CURVATURES",
+    "CGResult",
+    "DiagFisherState",
+    "NGDState",
+    "batch_fisher_operator",
+    "cg_solve",
+    "diag_fisher",
+    "natural_gradient",
+    "ngd",
+    "ngd_empirical",
+    "per_example_fisher_grads",
+]

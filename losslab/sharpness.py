@@ -757,3 +757,30 @@ def invariant_measures(symmetry: str) -> list[str]:
     """Names of the measures declared invariant to ``symmetry``."""
     return [name for name, m in MEASURES.items() if symmetry in m.invariances]
 
+
+__all__ = [
+    "LAYER_RESCALING",
+    "MEASURES",
+    "NODE_RESCALING",
+    "REPARAMETRIZATION",
+    "RESCALING",
+    "Measure",
+    "MeasureResult",
+    "average_sharpness",
+    "compute",
+    "distance_from_init",
+    "epsilon_sharpness",
+    "fisher_rao_norm",
+    "gap_error",
+    "gap_loss",
+    "get",
+    "hessian_lambda_max",
+    "hessian_trace",
+    "invariant_measures",
+    "l2_norm",
+    "m_sharpness",
+    "pacbayes_flatness",
+    "path_norm",
+    "spectral_product",
+    "worst_case_sharpness",
+]

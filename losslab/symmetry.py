@@ -142,7 +142,17 @@ def random_rescaling(params: Mapping, key: jax.Array, *, log_std: float = 1.0, n
     r"""Rescales every hidden layer by random α = exp(s·z), z ~ N(0, 1) (per unit if ``node_wise``).
 
     The composition of :func:`rescale` over k = 0 … K−2; function-preserving for ReLU
-    networks without BatchNorm.
+    networks without BatchNorm (Dinh et al. 2017). With ``log_std`` = s the scales spread over
+    about :math:`e^{\pm s}`, enough to move the Hessian trace and λ_max by large factors.
+
+    Args:
+      params: MLP/CNN params (see :func:`layer_paths`).
+      key: PRNG key for the scales.
+      log_std: s, the standard deviation of log α.
+      node_wise: one α per unit/channel (node-wise) instead of one per layer (layer-wise).
+
+    Returns:
+      New params computing the same function.
     """
     paths = layer_paths(params)
     keys = jax.random.split(key, max(len(paths) - 1, 1))
@@ -226,6 +236,11 @@ def compare_measures(
 ) -> dict[str, SymmetryReport]:
     """Each measure at ``params`` and at the transformed ``new_params`` (same key), with its tag.
 
+    The invariance check of Dinh et al. (2017): a measure tagged invariant to ``symmetry``
+    (:attr:`losslab.sharpness.Measure.invariances`) must not move under a function-preserving
+    transformation; one that is not tagged typically does. Cost: two evaluations of every
+    measure.
+
     Args:
       objective: the :class:`losslab.Objective`.
       params, new_params: the point and its transformation.
@@ -252,3 +267,14 @@ def compare_measures(
         rel = abs(after - before) / max(abs(before), 1e-12)
         report[name] = SymmetryReport(before, after, rel, measure.invariant_to(symmetry), rel > rtol)
     return report
+
+
+__all__ = [
+    "LAYER_GROUPS",
+    "SymmetryReport",
+    "compare_measures",
+    "layer_paths",
+    "random_rescaling",
+    "rescale",
+    "rescale_before_batchnorm",
+]

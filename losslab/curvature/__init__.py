@@ -1,9 +1,43 @@
 """Curvature engine: matrix-free Hessian / GGN / Fisher operators and the estimators that consume them.
 
-Operators (:mod:`~losslab.curvature.operators`) know the Objective; algorithms
-(:mod:`~losslab.curvature.trace`, :mod:`~losslab.curvature.eigen`,
-:mod:`~losslab.curvature.density`) only see ``matvec`` on flat vectors. All
-curvature is of the *mean* loss over the batch given (default: the training set).
+All curvature is of the **mean** loss over the batch given (default: the whole
+training set, visited in fixed-size chunks, so products are exact and memory is
+bounded): :math:`H = \\nabla^2_\\theta L(\\theta)`, :math:`L = \\frac1N \\sum_i \\ell_i + R`.
+Cost is counted in *matvecs* (operator-vector products, each one to two gradients' worth)
+and every stochastic estimate comes with its standard error.
+
+One-line calls (notebooks), each returning a result that prints one line:
+
+* :func:`hessian_trace` -> :class:`TraceEstimate` (Hutch++ by default; Meyer et al. 2021)
+* :func:`hessian_eigenvalues` -> :class:`EigenvalueEstimate` (Lanczos; Lanczos 1950)
+* :func:`hessian_density` -> :class:`DensityEstimate` (stochastic Lanczos quadrature;
+  Ghorbani et al. 2019), with ``.plot()``
+
+each with ``operator="hessian" | "ggn" | "fisher" | "empirical_fisher" | "mc_fisher"``,
+``batch=`` and ``select=`` (a per-layer block) and ``exact=True`` for small models.
+
+Operators (:mod:`~losslab.curvature.operators`; they know the Objective), each a
+:class:`LinearOperator` on flat vectors of the n (selected) parameters:
+:func:`hessian_operator` (forward-over-reverse HVP, Pearlmutter 1994),
+:func:`ggn_operator` (:math:`\\frac1N\\sum J^\\top H_L J`, Schraudolph 2002),
+:func:`fisher_operator` (:math:`\\frac1N\\sum J^\\top F_L J`, Amari 1998; Martens 2020),
+:func:`mc_fisher_operator` (sampled labels), :func:`empirical_fisher_operator`
+(Kunstner et al. 2019), :func:`from_matrix`; :func:`to_dense` materialises any of
+them (n matvecs).
+
+Algorithms (they see only ``op.matvec``; ``algorithm(op, key, *, ...)``):
+:func:`hutchinson_trace`, :func:`hutchpp_trace`, :func:`hutchinson_diagonal`
+(:mod:`~losslab.curvature.trace`); :func:`lanczos`, :func:`top_eigenpairs`,
+:func:`power_iteration`, :func:`lambda_max`, :func:`lambda_min`,
+:func:`condition_number` (:mod:`~losslab.curvature.eigen`);
+:func:`spectral_density`, :func:`exact_density`, :func:`gaussian_broadening`
+(:mod:`~losslab.curvature.density`).
+
+Exact mode for small models (:mod:`~losslab.curvature.dense`): :func:`dense_hessian`,
+:func:`dense_ggn`, :func:`dense_fisher`, :func:`exact_eigh`.
+
+In-training probes for :func:`losslab.train.train` (:mod:`~losslab.curvature.probes`):
+:func:`lambda_max_probe`, :func:`trace_probe`, :func:`grad_norm_probe`.
 """
 
 from losslab.curvature.api import (
@@ -36,6 +70,7 @@ from losslab.curvature.operators import (
     ggn_operator,
     hessian_operator,
     mc_fisher_operator,
+    path_str,
     to_dense,
 )
 from losslab.curvature.probes import grad_norm_probe, lambda_max_probe, trace_probe
@@ -78,6 +113,7 @@ __all__ = [
     "lambda_min",
     "lanczos",
     "mc_fisher_operator",
+    "path_str",
     "power_iteration",
     "spectral_density",
     "to_dense",

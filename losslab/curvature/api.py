@@ -160,7 +160,8 @@ def hessian_trace(
       objective: a :class:`losslab.Objective`.
       params: the point; None uses ``objective.params``.
       key: PRNG key (None: ``jax.random.key(0)``; same key, same numbers).
-      method: "hutchpp" (Meyer et al. 2021; default), "hutchinson" (Hutchinson 1989),
+      method: "hutchpp" (Meyer et al. 2021; default), "hutchinson" (Hutchinson 1989,
+        :math:`\operatorname{tr} H \approx \frac1m \sum_j v_j^\top H v_j`, Rademacher v),
         "adaptive" (Hutchinson until the relative standard error is <= ``rel_std_error``,
         at most ``num_matvecs`` probes) or "exact" (dense; small models).
       num_matvecs: matvec budget (the cap for "adaptive").
@@ -305,7 +306,9 @@ def hessian_eigenvalues(
       operator, batch, select: as in :func:`hessian_trace`.
 
     Returns:
-      An :class:`EigenvalueEstimate`.
+      An :class:`EigenvalueEstimate`: ``eigenvalues`` ``(k,)``, ``residuals`` ``(k,)``,
+      ``eigenvectors`` ``(k, n)``. Cost: ``num_steps`` matvecs and an ``(m, n)`` basis
+      (Lanczos); at most ``k * num_steps`` matvecs (power); n matvecs + O(n³) (exact).
     """
     method = "exact" if exact else method
     if method not in EIGEN_METHODS:
@@ -480,3 +483,16 @@ def hessian_density(
         select=select,
     )
     return DensityEstimate(jax.tree.map(np.asarray, res), seconds, compiled, method, operator)
+
+
+__all__ = [
+    "DensityEstimate",
+    "EigenvalueEstimate",
+    "TraceEstimate",
+    "EIGEN_METHODS",
+    "OPERATOR_NAMES",
+    "TRACE_METHODS",
+    "hessian_density",
+    "hessian_eigenvalues",
+    "hessian_trace",
+]

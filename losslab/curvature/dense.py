@@ -55,12 +55,12 @@ def dense_hessian(objective, params=None, batch=None, *, include_regularizer: bo
 
 
 def dense_ggn(objective, params=None, batch=None, *, select=None) -> Array:
-    """The ``(n, n)`` generalized Gauss-Newton matrix of the mean data loss (see :func:`ggn_operator`), jitted."""
+    """The ``(n, n)`` generalized Gauss-Newton matrix of the mean data loss (see :func:`ggn_operator`), n matvecs, jitted."""
     return _dense(objective, _params(objective, params), batch, kind="ggn", include_regularizer=False, select=select)
 
 
 def dense_fisher(objective, params=None, batch=None, *, select=None) -> Array:
-    """The ``(n, n)`` true Fisher of the mean data loss (see :func:`fisher_operator`), jitted.
+    """The ``(n, n)`` true Fisher of the mean data loss (see :func:`fisher_operator`), n matvecs, jitted.
 
     Raises:
       ValueError: the loss is not a negative log-likelihood.
@@ -88,3 +88,11 @@ def exact_eigh(op: LinearOperator | Array) -> EigenResult:
     w, v = w[::-1], v[:, ::-1].T
     residuals = jnp.linalg.norm(v @ sym - w[:, None] * v, axis=1)
     return EigenResult(w, v, residuals, jnp.asarray(n), jnp.ones((n,), bool))
+
+
+__all__ = [
+    "dense_fisher",
+    "dense_ggn",
+    "dense_hessian",
+    "exact_eigh",
+]

@@ -87,7 +87,18 @@ class DensityResult(NamedTuple):
 
 
 def gaussian_broadening(nodes: Array, weights: Array, grid: Array, sigma, *, chunk_size: int = 512) -> Array:
-    """:math:`\\frac1P \\sum_{p,j} w_{pj} \\mathcal N(t; \\theta_{pj}, \\sigma^2)` on ``grid``, in grid chunks."""
+    """:math:`\\frac1P \\sum_{p,j} w_{pj} \\mathcal N(t; \\theta_{pj}, \\sigma^2)` on ``grid``, in grid chunks.
+
+    Args:
+      nodes: ``(P, m)`` quadrature nodes θ (Ritz values).
+      weights: ``(P, m)`` quadrature weights w (each row sums to 1).
+      grid: ``(g,)`` evaluation points t.
+      sigma: the Gaussian width σ > 0.
+      chunk_size: grid points evaluated together (memory: ``chunk_size * P * m``).
+
+    Returns:
+      ``(g,)`` density values. Cost: O(g P m), no matvecs.
+    """
     theta = nodes.reshape(-1)
     w = weights.reshape(-1) / nodes.shape[0]
 
@@ -204,10 +215,30 @@ def exact_density(
     rel_sigma: float = 0.01,
     grid_chunk_size: int = 512,
 ) -> DensityResult:
-    """The broadened density of a known spectrum (weights 1/n on every eigenvalue), for comparison."""
+    """The broadened density of a known spectrum, for comparison with :func:`spectral_density`.
+
+    :math:`\\phi(t) = \\frac1n \\sum_i \\mathcal N(t; \\lambda_i, \\sigma^2)`: one "probe" whose n
+    nodes are the eigenvalues, each with weight 1/n (``num_matvecs`` is reported as n, the
+    cost of materialising the matrix they came from).
+
+    Args:
+      eigenvalues: ``(n,)`` the spectrum (e.g. ``exact_eigh(op).eigenvalues``).
+      grid, sigma, rel_sigma, grid_chunk_size: as in :func:`spectral_density`.
+
+    Returns:
+      A :class:`DensityResult` with ``nodes`` and ``weights`` of shape ``(1, n)``.
+    """
     _validate_grid(grid, sigma, rel_sigma)
     eigenvalues = jnp.sort(jnp.asarray(eigenvalues))
     n = eigenvalues.shape[0]
     nodes = eigenvalues[None, :]
     weights = jnp.full((1, n), 1.0 / n, eigenvalues.dtype)
     return _density_from_nodes(nodes, weights, grid, sigma, rel_sigma, grid_chunk_size, n, n)
+
+
+__all__ = [
+    "DensityResult",
+    "exact_density",
+    "gaussian_broadening",
+    "spectral_density",
+]

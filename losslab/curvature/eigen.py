@@ -254,6 +254,7 @@ def power_iteration(
     Returns:
       An :class:`EigenResult` in the order found; ``num_matvecs`` counts all pairs, the
       reported vector is the one whose Rayleigh quotient and residual are reported.
+      Cost: at most ``k * num_steps`` matvecs.
     """
     if k < 1 or k > op.size:
         raise ValueError(f"k must be in [1, n={op.size}], got {k}")
@@ -302,15 +303,38 @@ def power_iteration(
 
 
 def lambda_max(op: LinearOperator, key: Array, *, num_steps: int | None = None) -> Array:
-    """λ_max, the largest eigenvalue, by Lanczos (:func:`top_eigenpairs`, k=1)."""
+    """λ_max, the largest (algebraic) eigenvalue, by Lanczos (:func:`top_eigenpairs`, k=1; Lanczos 1950).
+
+    Cost: ``num_steps`` matvecs (default ``min(n, 40)``). Returns a scalar; use
+    :func:`top_eigenpairs` for the eigenvector and the residual.
+    """
     return top_eigenpairs(op, key, k=1, num_steps=num_steps).eigenvalues[0]
 
 
 def lambda_min(op: LinearOperator, key: Array, *, num_steps: int | None = None) -> Array:
-    """λ_min, the smallest (most negative) eigenvalue, by Lanczos."""
+    """λ_min, the smallest (most negative) eigenvalue, by Lanczos (``which="smallest"``).
+
+    Cost: ``num_steps`` matvecs (default ``min(n, 40)``). Returns a scalar.
+    """
     return top_eigenpairs(op, key, k=1, num_steps=num_steps, which="smallest").eigenvalues[0]
 
 
 def condition_number(op: LinearOperator, key: Array, *, k: int, num_steps: int | None = None) -> Array:
-    """Top-k condition number :math:`\\lambda_1 / \\lambda_k` (Lanczos); the full one for PSD ``k = n``."""
+    """Top-k condition number :math:`|\\lambda_1| / |\\lambda_k|` (Lanczos); the full one for PSD ``k = n``.
+
+    Cost: ``num_steps`` matvecs (default ``min(n, max(4k, 40))``). Returns a scalar.
+    """
     return top_eigenpairs(op, key, k=k, num_steps=num_steps).condition_number
+
+
+__all__ = [
+    "WHICH",
+    "EigenResult",
+    "LanczosResult",
+    "condition_number",
+    "lambda_max",
+    "lambda_min",
+    "lanczos",
+    "power_iteration",
+    "top_eigenpairs",
+]

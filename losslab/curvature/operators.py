@@ -70,6 +70,7 @@ class LinearOperator(NamedTuple):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(size, size)``, the shape of the matrix the operator represents."""
         return (self.size, self.size)
 
     def pytree_matvec(self, tree):
@@ -77,7 +78,12 @@ class LinearOperator(NamedTuple):
         return self.unravel(self.matvec(self.ravel(tree)))
 
     def __matmul__(self, vec: Array) -> Array:
+        """``op @ vec`` is ``op.matvec(vec)``."""
         return self.matvec(vec)
+
+    def __repr__(self) -> str:
+        kind = "PSD" if self.psd else "symmetric" if self.symmetric else "general"
+        return f"LinearOperator({self.name}, {self.size}×{self.size}, {kind}, dtype={getattr(self.dtype, 'name', self.dtype)})"
 
     def to_dense(self) -> Array:
         """The ``(size, size)`` matrix (``size`` matvecs); see :func:`to_dense`."""
@@ -343,7 +349,11 @@ def fisher_operator(
     :math:`F_{L,i} = \mathbb{E}_{y \sim p(y|z_i)}[\nabla_z \log p \nabla_z \log p^\top]` is the
     Fisher of the loss's predictive distribution (``objective.loss_fn.likelihood``):
     :math:`\mathrm{diag}(p) - pp^\top` for the softmax, :math:`I/\sigma^2` for a Gaussian
-    (Amari 1998; Martens 2020). Data term only, PSD.
+    (Amari 1998; Martens 2020). Data term only, PSD. Cost per product: one jvp and one vjp of
+    the model per chunk, as :func:`ggn_operator` (which it equals for softmax cross-entropy and
+    Gaussian MSE).
+
+    Args: as :func:`ggn_operator`.
 
     Raises:
       ValueError: the loss is not a negative log-likelihood (hinge, MAE, focal, ...).
@@ -374,6 +384,11 @@ def mc_fisher_operator(
     per example; example i uses ``fold_in(key, i)``, so the operator is one fixed matrix).
     Unbiased for the true Fisher; converges as 1/sqrt(S). The outer products are applied in
     output space, :math:`J^\top (r r^\top) J v`, so no per-example gradients are stored.
+    Cost per product: one jvp and one vjp of the model per chunk, plus S output-space
+    gradients per example.
+
+    Args: as :func:`ggn_operator`, plus ``key`` (PRNG key for the sampled labels) and
+    ``num_samples`` (S >= 1).
 
     Raises:
       ValueError: non-likelihood loss, ``num_samples < 1`` or a missing key.
@@ -407,7 +422,10 @@ def empirical_fisher_operator(
     the Fisher: it differs from :func:`fisher_operator` away from a perfect fit (e.g. it
     vanishes where the per-example gradients vanish, while the true Fisher does not), and
     preconditioning with it can distort steps. Applied in output space, no per-example
-    gradients stored. Data term only, PSD.
+    gradients stored. Data term only, PSD. Cost per product: one jvp and one vjp of the model
+    per chunk.
+
+    Args: as :func:`ggn_operator`.
 
     Raises:
       ValueError: the loss is not a negative log-likelihood (no Fisher of any kind).
@@ -432,6 +450,21 @@ OPERATORS = {
 
 
 def flat_params(params, select: Select = None) -> Array:
-    """The flat vector of the (selected) params, in the operators' ordering."""
+    """The flat ``(n,)`` vector of the (selected) params, in the operators' ordering (``op.ravel(params)``)."""
     restriction, _, _, _ = _restrict(params, select)
     return restriction.ravel(params)
+
+
+__all__ = [
+    "OPERATORS",
+    "LinearOperator",
+    "empirical_fisher_operator",
+    "fisher_operator",
+    "flat_params",
+    "from_matrix",
+    "ggn_operator",
+    "hessian_operator",
+    "mc_fisher_operator",
+    "path_str",
+    "to_dense",
+]

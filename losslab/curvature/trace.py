@@ -241,7 +241,8 @@ def hutchpp_trace(
       chunk_size: vectors vectorised together.
 
     Returns:
-      A :class:`TraceResult`.
+      A :class:`TraceResult`. Cost: exactly ``num_matvecs`` matvecs; memory: the ``(s, n)``
+      sketch and its orthonormal basis Q.
     """
     _check(distribution, chunk_size)
     s = num_matvecs // 3
@@ -308,3 +309,15 @@ def hutchinson_diagonal(
 
     count, mean, m2 = _map_stats(prod, jax.random.split(key, num_probes), chunk_size, mesh, axis)
     return DiagonalResult(mean, jnp.sqrt(m2 / (count - 1) / count), jnp.asarray(num_probes))
+
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "DiagonalResult",
+    "TraceResult",
+    "check_mesh",
+    "hutchinson_diagonal",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "shard_probes",
+]
