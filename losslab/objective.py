@@ -18,6 +18,8 @@ compiled program as a constant.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,12 +73,36 @@ def chunked_sum(fn: Callable[[Array, Array, Array], Any], batch: Batch, chunk_si
     return total
 
 
+@functools.cache
+def _call_options(cls: type) -> tuple[bool, bool]:
+    """Whether ``cls.__call__`` takes ``train=`` and ``key=`` keywords (losslab models do; yours need not)."""
+    try:
+        params = inspect.signature(cls.__call__).parameters
+    except (TypeError, ValueError):
+        return False, False
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return var_kw or "train" in params, var_kw or "key" in params
+
+
+def _call_model(model, x, train: bool, key):
+    takes_train, takes_key = _call_options(type(model))
+    kwargs = {}
+    if takes_train:
+        kwargs["train"] = train
+    if takes_key and train:
+        kwargs["key"] = key
+    return model(x, **kwargs)
+
+
 @jax.tree_util.register_pytree_node_class
 class Objective:
     """A model + loss + regularizers + data, as pure functions of ``params``.
 
     Args:
-      model: a Flax NNX module called as ``model(x, train=..., key=...)``.
+      model: any Flax NNX module mapping a batch ``x`` to outputs ``(batch, output_dim)``.
+        If its ``__call__`` takes ``train=`` (and ``key=`` for dropout), training calls it with
+        ``train=True, key=...`` and everything else with ``train=False``, as losslab's models
+        do; a plain ``__call__(self, x)`` works too.
       loss: a loss name (see :data:`losslab.losses.LOSSES`) or a :class:`~losslab.losses.Loss`.
       data: a :class:`losslab.data.Dataset` (or anything with ``x_train``, ``y_train``,
         ``x_val``, ``y_val``, ``x_test``, ``y_test``, ``task``, ``num_classes``).
@@ -217,8 +243,8 @@ class Objective:
         state = self.state if state is None else state
         model = nnx.merge(self.graphdef, params, state)
         if not train:
-            return model(x, train=False)
-        out = model(x, train=True, key=key)
+            return _call_model(model, x, False, None)
+        out = _call_model(model, x, True, key)
         _, _, new_state = nnx.split(model, nnx.Param, ...)
         return out, new_state.to_pure_dict()
 

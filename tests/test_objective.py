@@ -162,3 +162,28 @@ def test_dropout_needs_key_in_train_mode():
     m = models.create("mlp", input_shape=(3,), output_dim=2, widths=(4,), dropout=0.5)
     with pytest.raises(ValueError, match="needs a PRNG key"):
         m(jnp.ones((2, 3)), train=True)
+
+
+def test_a_plain_nnx_module_without_train_or_key_arguments_works():
+    """Users' own modules with ``__call__(self, x)`` plug in unchanged (train and eval call it alike)."""
+    from flax import nnx
+
+    from losslab import data as data_lib
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(64, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.dense(x)
+
+    ds = data_lib.load("digits", seed=0)
+    obj = Objective(Net(nnx.Rngs(0)), "cross_entropy", ds)
+    x, y = obj.batch("train")
+    out = obj.outputs(obj.params, x[:5])
+    assert out.shape == (5, 10)
+    train_out, state = obj.apply(obj.params, x[:5], train=True, key=jax.random.key(0))
+    np.testing.assert_allclose(train_out, out, rtol=1e-6)
+    w, b = obj.params["dense"]["kernel"], obj.params["dense"]["bias"]
+    np.testing.assert_allclose(out, x[:5] @ w + b, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(float(obj.loss(obj.params)))
