@@ -47,6 +47,16 @@ SCRIPT = textwrap.dedent(
     assert "all-reduce" in hlo or "reduce-scatter" in hlo
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    # The one-liners take mesh= too.
+    t1 = cv.hessian_trace(obj, obj.params, key, num_matvecs=12)
+    t4 = cv.hessian_trace(obj, obj.params, key, num_matvecs=12, mesh=mesh)
+    np.testing.assert_allclose(t1.value, t4.value, rtol=1e-9)
+    e1 = cv.hessian_eigenvalues(obj, obj.params, key=key, k=2, num_steps=20)
+    e4 = cv.hessian_eigenvalues(obj, obj.params, key=key, k=2, num_steps=20, mesh=mesh)
+    np.testing.assert_allclose(np.asarray(e1.eigenvalues), np.asarray(e4.eigenvalues), rtol=1e-9)
+    d1 = cv.hessian_density(obj, obj.params, key, num_steps=10, num_probes=4)
+    d4 = cv.hessian_density(obj, obj.params, key, num_steps=10, num_probes=4, mesh=mesh)
+    np.testing.assert_allclose(np.asarray(d1.density), np.asarray(d4.density), rtol=1e-7, atol=1e-12)
     print("OK", float(single[2].estimate), float(sharded[2].estimate))
     """
 )

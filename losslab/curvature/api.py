@@ -45,17 +45,17 @@ _TITLES = {
 }
 
 
-def _operator(name, objective, params, batch, key, select):
+def _operator(name, objective, params, batch, key, select, mesh=None):
     if name == "hessian":
-        return ops.hessian_operator(objective, params, batch, select=select)
+        return ops.hessian_operator(objective, params, batch, select=select, mesh=mesh)
     elif name == "ggn":
-        return ops.ggn_operator(objective, params, batch, select=select)
+        return ops.ggn_operator(objective, params, batch, select=select, mesh=mesh)
     elif name == "fisher":
-        return ops.fisher_operator(objective, params, batch, select=select)
+        return ops.fisher_operator(objective, params, batch, select=select, mesh=mesh)
     elif name == "empirical_fisher":
-        return ops.empirical_fisher_operator(objective, params, batch, select=select)
+        return ops.empirical_fisher_operator(objective, params, batch, select=select, mesh=mesh)
     elif name == "mc_fisher":
-        return ops.mc_fisher_operator(objective, params, jax.random.fold_in(key, 1), batch, select=select)
+        return ops.mc_fisher_operator(objective, params, jax.random.fold_in(key, 1), batch, select=select, mesh=mesh)
     else:
         raise ValueError(f"operator must be one of {OPERATOR_NAMES}, got {name!r}")
 
@@ -126,9 +126,9 @@ class TraceEstimate:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("operator", "method", "num_matvecs", "rel_std_error", "select"))
-def _trace_impl(objective, params, key, batch, *, operator, method, num_matvecs, rel_std_error, select):
-    op = _operator(operator, objective, params, batch, key, select)
+@functools.partial(jax.jit, static_argnames=("operator", "method", "num_matvecs", "rel_std_error", "select", "mesh"))
+def _trace_impl(objective, params, key, batch, *, operator, method, num_matvecs, rel_std_error, select, mesh):
+    op = _operator(operator, objective, params, batch, key, select, mesh)
     if method == "hutchpp":
         return trace_lib.hutchpp_trace(op, key, num_matvecs=num_matvecs)
     elif method == "hutchinson":
@@ -153,6 +153,7 @@ def hessian_trace(
     operator: str = "hessian",
     batch=None,
     select=None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TraceEstimate:
     r"""The trace of the Hessian (or GGN / Fisher) of the mean training loss, with its error bar.
 
@@ -170,6 +171,8 @@ def hessian_trace(
       operator: "hessian", "ggn", "fisher", "empirical_fisher" or "mc_fisher".
       batch: ``(x, y)``; None is the whole training set (chunked).
       select: parameter subset (path substring or callable), see :func:`hessian_operator`.
+      mesh: optional ``jax.sharding.Mesh`` with a "data" axis; the data chunks of every
+        matvec are split over it (the numbers equal the single-device ones).
 
     Returns:
       A :class:`TraceEstimate`.
@@ -189,6 +192,7 @@ def hessian_trace(
         num_matvecs=num_matvecs,
         rel_std_error=rel_std_error if method == "adaptive" else None,
         select=select,
+        mesh=mesh,
     )
     return TraceEstimate(
         float(res.estimate), float(res.std_error), int(res.num_matvecs), seconds, compiled, method, operator
@@ -258,9 +262,9 @@ class EigenvalueEstimate:
         return fmt.md_table(("i", "λ_i", "residual ‖Hu − λu‖"), rows, caption)
 
 
-@functools.partial(jax.jit, static_argnames=("operator", "method", "k", "num_steps", "which", "select"))
-def _eigen_impl(objective, params, key, batch, *, operator, method, k, num_steps, which, select):
-    op = _operator(operator, objective, params, batch, key, select)
+@functools.partial(jax.jit, static_argnames=("operator", "method", "k", "num_steps", "which", "select", "mesh"))
+def _eigen_impl(objective, params, key, batch, *, operator, method, k, num_steps, which, select, mesh):
+    op = _operator(operator, objective, params, batch, key, select, mesh)
     if method == "lanczos":
         return eigen_lib.top_eigenpairs(op, key, k=k, num_steps=num_steps, which=which)
     elif method == "power":
@@ -288,6 +292,7 @@ def hessian_eigenvalues(
     operator: str = "hessian",
     batch=None,
     select=None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> EigenvalueEstimate:
     r"""The k largest (or smallest) eigenvalues of the Hessian (or GGN / Fisher) of the mean loss.
 
@@ -303,7 +308,7 @@ def hessian_eigenvalues(
         pair (default 100).
       which: "largest" or "smallest".
       exact: shorthand for ``method="exact"``.
-      operator, batch, select: as in :func:`hessian_trace`.
+      operator, batch, select, mesh: as in :func:`hessian_trace`.
 
     Returns:
       An :class:`EigenvalueEstimate`: ``eigenvalues`` ``(k,)``, ``residuals`` ``(k,)``,
@@ -337,6 +342,7 @@ def hessian_eigenvalues(
         num_steps=num_steps,
         which=which,
         select=select,
+        mesh=mesh,
     )
     return EigenvalueEstimate(
         np.asarray(res.eigenvalues),
@@ -423,10 +429,10 @@ class DensityEstimate:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("operator", "method", "num_steps", "num_probes", "grid", "sigma", "select")
+    jax.jit, static_argnames=("operator", "method", "num_steps", "num_probes", "grid", "sigma", "select", "mesh")
 )
-def _density_impl(objective, params, key, batch, *, operator, method, num_steps, num_probes, grid, sigma, select):
-    op = _operator(operator, objective, params, batch, key, select)
+def _density_impl(objective, params, key, batch, *, operator, method, num_steps, num_probes, grid, sigma, select, mesh):
+    op = _operator(operator, objective, params, batch, key, select, mesh)
     if method == "slq":
         return density_lib.spectral_density(op, key, num_steps=num_steps, num_probes=num_probes, grid=grid, sigma=sigma)
     elif method == "exact":
@@ -448,6 +454,7 @@ def hessian_density(
     operator: str = "hessian",
     batch=None,
     select=None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> DensityEstimate:
     r"""The eigenvalue density of the Hessian (or GGN / Fisher) by stochastic Lanczos quadrature.
 
@@ -455,7 +462,7 @@ def hessian_density(
     broadens the exact spectrum instead (small models).
 
     Args:
-      objective, params, key, operator, batch, select: as in :func:`hessian_trace`.
+      objective, params, key, operator, batch, select, mesh: as in :func:`hessian_trace`.
       num_steps: Lanczos steps per probe (capped at n).
       num_probes: probes averaged.
       grid: number of grid points.
@@ -481,6 +488,7 @@ def hessian_density(
         grid=grid,
         sigma=sigma,
         select=select,
+        mesh=mesh,
     )
     return DensityEstimate(jax.tree.map(np.asarray, res), seconds, compiled, method, operator)
 
