@@ -1,0 +1,46 @@
+"""`python -m experiments.paper --quick` draws every figure, with captions, provenance and figures/README.md."""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from experiments import paper
+
+
+def test_figure_selection_by_number_or_name_and_clear_errors():
+    assert [f.number for f in paper.select(["4", "loss_zoo"])] == [4, 7]
+    assert len(paper.select(None)) == len(paper.FIGURES) == 11
+    with pytest.raises(ValueError, match="valid: 1/sb_lb_surfaces"):
+        paper.select(["12"])
+    assert sorted(f.number for f in paper.FIGURES) == list(range(1, 12))
+    assert len({f.name for f in paper.FIGURES}) == 11
+
+
+@pytest.mark.slow
+def test_quick_paper_draws_every_figure(tmp_path):
+    out, figs = str(tmp_path / "results"), str(tmp_path / "figures")
+    paper.main(["--quick", "--out", out, "--figures", figs])
+    for f in paper.FIGURES:
+        for ext in ("png", "pdf"):
+            path = os.path.join(figs, f"{f.name}.{ext}")
+            assert os.path.getsize(path) > 5000, path
+        with Image.open(os.path.join(figs, f"{f.name}.png")) as im:
+            meta = im.text
+        assert meta["figure"] == str(f.number) and meta["study"] == f.study
+        assert len(meta["config_hash"]) == 12 and meta["jax"] and "verdict" in meta
+    with open(os.path.join(figs, "index.json")) as fh:
+        index = json.load(fh)
+    assert sorted(map(int, index)) == list(range(1, 12))
+    assert all(r["verdict"] and r["quick"] for r in index.values())
+    with open(os.path.join(figs, "README.md")) as fh:
+        readme = fh.read()
+    for f in paper.FIGURES:
+        assert f"({f.name}.png)" in readme and f"--only {f.number}" in readme
+    # A second run reuses every stored study result: nothing is retrained.
+    before = {r["study"]: r["study_seconds"] for r in index.values()}
+    paper.main(["--quick", "--only", "9", "--out", out, "--figures", figs])
+    with open(os.path.join(figs, "index.json")) as fh:
+        again = json.load(fh)
+    assert again["9"]["study_seconds"] == before["depth"]
