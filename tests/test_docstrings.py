@@ -38,15 +38,12 @@ AUDITED = [
 
 
 def defined_here(module):
-    """Public functions and classes defined in ``module`` itself (or, for a package, its ``__all__``)."""
-    names = getattr(module, "__all__", None)
-    if names is None or not module.__name__.endswith(("curvature", "plot")):
-        names = [n for n in vars(module) if not n.startswith("_")]
+    """Public functions and classes: a package's (curvature, plot) ``__all__``; every public one a module defines."""
+    package = module.__name__ in ("losslab.curvature", "losslab.plot")
+    names = module.__all__ if package else [n for n in vars(module) if not n.startswith("_")]
     for name in names:
         obj = getattr(module, name)
-        if not (inspect.isfunction(obj) or inspect.isclass(obj)):
-            continue
-        if module.__name__ in ("losslab.curvature", "losslab.plot") or obj.__module__ == module.__name__:
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and (package or obj.__module__ == module.__name__):
             yield name, obj
 
 
@@ -81,12 +78,14 @@ def test_audited_methods_documented_and_all_complete(name):
                 missing.append(f"{cls_name}.{attr}")
     assert not missing, f"{name}: no docstring for {missing}"
     exported = getattr(module, "__all__", None)
-    if name == "losslab.train" or name == "losslab.results":
-        return  # modules without __all__: every public name is API
+    if name in ("losslab.train", "losslab.results"):
+        return  # no __all__: every public name is API
     assert exported is not None, f"{name} has no __all__"
     assert all(hasattr(module, n) for n in exported), f"{name}.__all__ names something that does not exist"
     if not name.endswith("curvature"):
-        own = {n for n, obj in vars(module).items() if not n.startswith("_") and getattr(obj, "__module__", None) == name}
+        own = {
+            n for n, obj in vars(module).items() if not n.startswith("_") and getattr(obj, "__module__", None) == name
+        }
         own = {n for n in own if inspect.isfunction(getattr(module, n)) or inspect.isclass(getattr(module, n))}
         assert own <= set(exported), f"{name}.__all__ misses {sorted(own - set(exported))}"
 

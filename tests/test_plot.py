@@ -42,7 +42,7 @@ def test_draws_into_a_given_ax_or_a_new_figure():
     fig, axes = plt.subplots(1, 3)
     assert surface.contour(x, y, z, ax=axes[0]) is fig
     assert surface.trajectory(np.zeros((3, 2)), ax=axes[0]) is fig
-    dens = {"grid": np.linspace(-1, 1, 50), "density": np.exp(-np.linspace(-1, 1, 50) ** 2)}
+    dens = {"grid": np.linspace(-1, 1, 50), "density": np.exp(-(np.linspace(-1, 1, 50) ** 2))}
     assert spectrum.density(dens, ax=axes[1]) is fig
     history = {"epoch": [1, 2], "train_eval_loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "best_epoch": 2}
     assert training.training_curves({"run": history}, ax=axes[2]) is fig
