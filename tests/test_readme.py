@@ -28,6 +28,10 @@ def test_readme_has_code_blocks():
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_block_runs(index, tmp_path):
     code = blocks("python")[index]
+    # A stored run for the "loading stored results" block to find.
+    from losslab.results import RunStore
+
+    RunStore(str(tmp_path / "results"), "sharpness").save({"name": "demo", "batch_size": 64}, {"gap_error": 0.1})
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)
