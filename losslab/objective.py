@@ -172,12 +172,14 @@ class Objective:
 
     # -- pytree protocol ---------------------------------------------------
     def tree_flatten(self):
+        """Pytree protocol: params, state and data are leaves; the model graph, loss and sizes are static."""
         children = (self.params, self.state, self.data)
         aux = (self.graphdef, self.loss_fn, self.regularizers, self.chunk_size, self.task, self.num_classes, self.name)
         return children, aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Pytree protocol: rebuilds an Objective from :meth:`tree_flatten`'s output."""
         obj = object.__new__(cls)
         obj.params, obj.state, obj.data = children
         (obj.graphdef, obj.loss_fn, obj.regularizers, obj.chunk_size, obj.task, obj.num_classes, obj.name) = aux
@@ -219,6 +221,7 @@ class Objective:
 
     @property
     def output_dim(self) -> int:
+        """Outputs per example: the number of classes, or of regression targets."""
         if self.task == "classification":
             return int(self.num_classes)
         y = self.data["train"][1]
@@ -226,9 +229,11 @@ class Objective:
 
     @property
     def num_params(self) -> int:
+        """The number of trainable parameters (scalars)."""
         return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(self.params))
 
     def num_examples(self, split: str = "train") -> int:
+        """Rows in a split ("train", "val" or "test")."""
         return int(self.batch(split)[0].shape[0])
 
     # -- pure functions ------------------------------------------------------

@@ -79,7 +79,8 @@ def training_curves(
     ax.set_ylabel("cross-entropy loss (nats)" if metric == "loss" else "accuracy")
     if log_y and metric == "loss":
         ax.set_yscale("log")
-    ax.plot([], [], marker="*", ls="", color="gray", mec="k", ms=10, label="early-stopping point (best val)")
+    if any(h.get("best_epoch") is not None for h in histories.values()):
+        ax.plot([], [], marker="*", ls="", color="gray", mec="k", ms=10, label="early-stopping point (best val)")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     if title:
