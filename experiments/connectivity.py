@@ -28,7 +28,7 @@ Fig. 1).
 Feeds: ``figures/mode_connectivity`` (paper figure 11). The summary reports the
 linear vs Bezier barriers (loss and error) and a verdict computed from them.
 
-    python -m experiments.connectivity            # the default run, ≈ 2 minutes on 2 CPU cores
+    python -m experiments.connectivity            # the default run, ≈ 1.5 minutes on 2 CPU cores
     python -m experiments.connectivity --quick    # seconds, for tests
     python -m experiments.connectivity --out DIR --bezier-steps 5000
 """
