@@ -209,11 +209,11 @@ def _curvature(obj: Objective, params, key, cfg: dict, *, smallest: bool = False
     """Hessian trace (± standard error) and extreme eigenvalues of the mean training loss."""
     k_tr, k_eig = jax.random.split(key)
     tr = curvature.hessian_trace(obj, params, k_tr, method="hutchinson", num_matvecs=cfg["num_probes"])
-    top = curvature.hessian_eigenvalues(obj, params, 1, k_eig, num_steps=cfg["lanczos_steps"])
+    top = curvature.hessian_eigenvalues(obj, params, k_eig, k=1, num_steps=cfg["lanczos_steps"])
     out = {"hessian_trace": tr.value, "hessian_trace_se": tr.std_error,
            "lambda_max": float(top.eigenvalues[0]), "lambda_max_residual": float(top.residuals[0])}
     if smallest:
-        low = curvature.hessian_eigenvalues(obj, params, 1, k_eig, num_steps=cfg["lanczos_steps"], which="smallest")
+        low = curvature.hessian_eigenvalues(obj, params, k_eig, k=1, num_steps=cfg["lanczos_steps"], which="smallest")
         out["lambda_min"] = float(low.eigenvalues[0])
     if ggn:
         g = curvature.hessian_trace(obj, params, k_tr, method="hutchinson", num_matvecs=cfg["num_probes"],

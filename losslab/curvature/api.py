@@ -282,9 +282,9 @@ def _eigen_impl(objective, params, key, batch, *, operator, method, k, num_steps
 def hessian_eigenvalues(
     objective,
     params=None,
-    k: int = 1,
     key: jax.Array | None = None,
     *,
+    k: int = 1,
     method: str = "lanczos",
     num_steps: int | None = None,
     which: str = "largest",
@@ -299,8 +299,8 @@ def hessian_eigenvalues(
     Args:
       objective: a :class:`losslab.Objective`.
       params: the point; None uses ``objective.params``.
-      k: number of eigenvalues.
       key: PRNG key (None: ``jax.random.key(0)``).
+      k: number of eigenvalues.
       method: "lanczos" (full reorthogonalisation, Lanczos 1950; default), "power"
         (power iteration with deflation, largest magnitude; ``which`` must be "largest")
         or "exact" (dense ``eigh``; small models).
