@@ -104,12 +104,14 @@ def measure_grid(
         measure_vs_gap(rows, name, gap, color_by=None, ax=panel)
     for panel in axes[len(measures) :]:
         panel.axis("off")
-    fig.tight_layout()
+    if ax is None:
+        fig.tight_layout()
     return fig
 
 
 def tau_bars(table: Sequence[Mapping], *, ax=None):
     """Horizontal bars of τ (with bootstrap interval) and granulated τ per measure; returns the figure."""
+    created = ax is None
     fig, ax = _axes(ax, figsize=(5.0, 0.28 * len(table) + 1.0))
     names = [r["measure"] for r in table]
     y = np.arange(len(names))
@@ -123,9 +125,10 @@ def tau_bars(table: Sequence[Mapping], *, ax=None):
     ax.axvline(0, color="k", lw=0.6)
     ax.set_yticks(y, names, fontsize=7)
     ax.set_xlim(-1, 1)
-    ax.set_xlabel("correlation with the generalization gap")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.set_xlabel("Kendall τ with the generalization gap (error)")
+    ax.legend(fontsize=7, loc="lower left")
+    if created:
+        fig.tight_layout()
     return fig
 
 
@@ -142,6 +145,7 @@ def keskar_contrast(
     ``rows`` are the runs of the batch-size axis (other hyper-parameters at their base
     values), one line per value of ``by`` (e.g. model). Returns the figure.
     """
+    created = ax is None
     fig, ax = _axes(ax, figsize=(4.8, 3.4))
     ax2 = ax.twinx()
     groups = sorted({str(r.get(by)) for r in rows})
@@ -159,5 +163,6 @@ def keskar_contrast(
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=6, loc="best")
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
