@@ -115,8 +115,9 @@ def lanczos(
     Builds an orthonormal basis :math:`v_1..v_m` of the Krylov space
     :math:`\mathcal K_m(A, v_1)` and the tridiagonal :math:`T = V A V^\top`, whose
     eigenvalues (Ritz values) approximate the extreme eigenvalues of A first. With
-    ``reorthogonalize=True`` every new vector is orthogonalised twice against the whole
-    basis (classical Gram-Schmidt, twice is enough; Giraud et al. 2005), which stops the
+    ``reorthogonalize=True`` every new vector is orthogonalised against the whole basis by
+    classical Gram-Schmidt, with a second pass whenever the first cancelled more than half
+    of its squared norm (twice is enough; Daniel et al. 1976, Giraud et al. 2005), which stops the
     spurious copies of converged eigenvalues of plain Lanczos (Paige 1972); with
     ``num_steps = n`` the Ritz values are then the exact spectrum. On breakdown
     (:math:`\beta_j \approx 0`: an invariant subspace was found) the iteration continues
@@ -141,8 +142,12 @@ def lanczos(
     def orthogonalize(w, basis):
         if not reorthogonalize:
             return w
-        w = w - basis.T @ (basis @ w)
-        return w - basis.T @ (basis @ w)
+        w1 = w - basis.T @ (basis @ w)
+        # "Twice is enough", and once is enough unless the pass cancelled most of w
+        # (Daniel, Gragg, Kaufman & Stewart 1976): the second pass runs only when
+        # ||w1|| < ||w|| / sqrt(2). Each pass streams the (m, n) basis twice.
+        again = jnp.vdot(w1, w1) < 0.5 * jnp.vdot(w, w)
+        return jax.lax.cond(again, lambda: w1 - basis.T @ (basis @ w1), lambda: w1)
 
     def step(j, carry):
         basis, alpha, beta, v, v_prev, b_prev, scale = carry
