@@ -198,3 +198,41 @@ def test_eager_validation_names_bad_values(indefinite):
         cv.hutchpp_trace(op, key, num_matvecs=3)
     with pytest.raises(ValueError, match="k must be in"):
         cv.top_eigenpairs(op, key, k=50, num_steps=20)
+
+
+def test_probe_chunking_does_not_change_the_numbers(indefinite):
+    # chunk_size=1 calls the matvec unbatched (no size-1 vmap); chunks of 4 over 10 probes
+    # leave a remainder of 2. Same keys, so the same probes and the same estimates.
+    op = cv.from_matrix(indefinite[0])
+    key = jax.random.key(3)
+    for chunk in (1, 4):
+        ref = [
+            cv.hutchinson_trace(op, key, num_probes=10, chunk_size=chunk),
+            cv.hutchinson_trace(op, key, num_probes=20, rel_std_error=1e-9, chunk_size=chunk),  # runs to 20
+            cv.hutchpp_trace(op, key, num_matvecs=12, chunk_size=chunk),
+        ]
+        if chunk == 1:
+            base = ref
+        else:
+            for a, b in zip(base, ref):
+                np.testing.assert_allclose(a.estimate, b.estimate, rtol=1e-12)
+                np.testing.assert_allclose(a.std_error, b.std_error, rtol=1e-9)
+    d1 = cv.hutchinson_diagonal(op, key, num_probes=10, chunk_size=1)
+    d4 = cv.hutchinson_diagonal(op, key, num_probes=10, chunk_size=4)
+    np.testing.assert_allclose(d1.estimate, d4.estimate, rtol=1e-12, atol=1e-12)
+    s1 = cv.spectral_density(op, key, num_steps=12, num_probes=3, chunk_size=1)
+    s2 = cv.spectral_density(op, key, num_steps=12, num_probes=3, chunk_size=2)
+    np.testing.assert_allclose(s1.nodes, s2.nodes, atol=1e-10)
+    np.testing.assert_allclose(s1.weights, s2.weights, atol=1e-10)
+
+
+def test_lanczos_restarts_stay_orthogonal_on_repeated_eigenvalues():
+    # 4 distinct eigenvalues, each 15 times: the Krylov space of one start vector has dimension
+    # 4, so a 60-step run breaks down and restarts repeatedly; the conditional second
+    # Gram-Schmidt pass must keep the basis orthonormal and recover the whole spectrum.
+    lam = np.repeat([3.0, 1.0, -0.5, -2.0], N // 4)
+    a, lam = prescribed(lam, seed=4)
+    res = cv.lanczos(cv.from_matrix(a), jax.random.key(0), num_steps=N)
+    np.testing.assert_allclose(res.basis @ res.basis.T, np.eye(N), atol=FULL_LANCZOS_ATOL)
+    np.testing.assert_allclose(np.sort(res.ritz()[0]), np.sort(lam), atol=FULL_LANCZOS_ATOL)
+    assert int(jnp.sum(res.beta[:-1] == 0)) >= 3  # breakdowns were recorded
