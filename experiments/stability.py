@@ -137,7 +137,7 @@ def run(config: Config, out_dir: str) -> dict:
     metrics = run_sweep(store, [(c, trajectory) for c in cfgs], desc="stability study")
     runs = [store.load(c) for c in cfgs]
     figs = draw(runs, os.path.join(out_dir, EXPERIMENT))
-    return {"metrics": metrics, "figures": figs, "summary": summarize(runs)}
+    return {"metrics": metrics, "figures": figs, "summary": summarize(runs), "runs": runs}
 
 
 def summarize(runs) -> dict:
