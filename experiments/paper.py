@@ -57,7 +57,7 @@ def _config(module, quick: bool, **overrides):
 def _caption(fig: Figure, verdict: str) -> str:
     import textwrap
 
-    return textwrap.fill(f"Fig. {fig.number}. Claim: {fig.claim} Verdict: {verdict}", 180)
+    return textwrap.fill(f"Fig. {fig.number}. Claim: {fig.claim} Verdict: {verdict}", 130)
 
 
 def _plt():
@@ -186,10 +186,10 @@ def build_sharpness(fig: Figure, quick: bool, out_dir: str, path: str) -> dict:
 
 
 def build_natural(fig: Figure, quick: bool, out_dir: str, path: str) -> dict:
-    from losslab.curvature import OPERATORS
     from losslab.plot import natural as nplot
 
     study = _study("natural_gradient")
+    OPERATORS = study.OPERATORS  # noqa: N806 - the study's operator order (Hessian, GGN, Fisher, EF, K-FAC)
     cfg = _config(study, quick)
     summary = study.run(cfg, out_dir)
     d0 = cfg.datasets[0]
