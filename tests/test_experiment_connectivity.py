@@ -55,9 +55,9 @@ def test_configs_need_two_different_seeds():
 
 
 @pytest.mark.slow
-def test_quick_connectivity_paths_start_and_end_at_the_minima(tmp_path):
+def test_quick_connectivity_paths_start_and_end_at_the_minima(quick_results):
     config = connectivity.quick_config()
-    result = connectivity.run(config, str(tmp_path))
+    result = connectivity.run(config, str(quick_results))
     runs = result["runs"]
     ends = [r.metrics for r in runs["endpoints"]]
     arrays = runs["paths"].arrays()

@@ -135,9 +135,9 @@ def test_quick_config_is_small_and_unknown_losses_are_rejected():
 
 
 @pytest.mark.slow
-def test_quick_loss_zoo_runs_every_cell(tmp_path):
+def test_quick_loss_zoo_runs_every_cell(quick_results):
     config = loss_zoo.quick_config()
-    result = loss_zoo.run(config, str(tmp_path))
+    result = loss_zoo.run(config, str(quick_results))
     summary = result["summary"]
     cls = {r["loss"]: r for r in summary["classification"]}
     assert set(cls) == set(config.losses)

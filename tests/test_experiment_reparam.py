@@ -40,9 +40,9 @@ def test_summary_and_verdict_read_the_ratios():
 
 
 @pytest.mark.slow
-def test_quick_reparam_study_preserves_the_function_and_moves_curvature(tmp_path):
+def test_quick_reparam_study_preserves_the_function_and_moves_curvature(quick_results):
     config = reparam.quick_config()
-    result = reparam.run(config, str(tmp_path))
+    result = reparam.run(config, str(quick_results))
     rows = result["rows"]
     assert {(c["kind"], c.get("alpha", c.get("log_std"))) for c, _ in rows} == {
         ("layer", a) for a in config.alphas} | {("node", s) for s in config.node_log_stds}

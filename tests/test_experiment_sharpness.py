@@ -104,9 +104,9 @@ def test_killed_sweep_resumes_without_losing_or_recomputing_runs(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_quick_run_end_to_end(tmp_path):
+def test_quick_run_end_to_end(quick_results):
     cfg = exp.quick()
-    summary = exp.run(cfg, str(tmp_path), progress=False)
+    summary = exp.run(cfg, str(quick_results), progress=False)
     folder = summary["folder"]
     for name in ("results.csv", "results.json", "tau.csv", "tau.json", "keskar.json", "scatter.png", "tau.png",
                  "keskar.png"):

@@ -69,9 +69,9 @@ def test_threshold_lines_sit_at_two_over_eta_and_the_summary_reads_the_data(tmp_
 
 
 @pytest.mark.slow
-def test_quick_stability_study_end_to_end(tmp_path):
+def test_quick_stability_study_end_to_end(quick_results):
     config = stability.quick_config()
-    result = stability.run(config, str(tmp_path))
+    result = stability.run(config, str(quick_results))
     rows = result["summary"]["per_lr"]
     assert [e["learning_rate"] for e in rows] == list(config.learning_rates)
     for e in rows:
@@ -82,4 +82,4 @@ def test_quick_stability_study_end_to_end(tmp_path):
     assert result["summary"]["verdict"]
     assert all(os.path.getsize(p) > 1000 for p in result["figures"])
     # Resumes from the store: nothing is recomputed, the same summary comes back.
-    assert stability.run(config, str(tmp_path))["summary"] == result["summary"]
+    assert stability.run(config, str(quick_results))["summary"] == result["summary"]

@@ -9,8 +9,8 @@ from experiments import depth, noise, spectrum
 
 
 @pytest.mark.slow
-def test_quick_spectrum_study_matches_the_exact_spectrum(tmp_path):
-    result = spectrum.run(spectrum.quick_config(), str(tmp_path))
+def test_quick_spectrum_study_matches_the_exact_spectrum(quick_results):
+    result = spectrum.run(spectrum.quick_config(), str(quick_results))
     small = result["metrics"][1]
     for stage in ("init", "end"):
         m = small[stage]
@@ -22,8 +22,8 @@ def test_quick_spectrum_study_matches_the_exact_spectrum(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_depth_study_measures_both_architectures(tmp_path):
-    result = depth.run(depth.quick_config(), str(tmp_path))
+def test_quick_depth_study_measures_both_architectures(quick_results):
+    result = depth.run(depth.quick_config(), str(quick_results))
     summary = {(e["depth"], e["residual"]): e for e in result["summary"]}
     assert set(summary) == {(2, False), (2, True), (4, False), (4, True)}
     for e in summary.values():
@@ -44,8 +44,8 @@ def test_noise_floor_is_the_entropy_of_the_noisy_label_distribution():
 
 
 @pytest.mark.slow
-def test_quick_noise_study_stays_above_the_floor(tmp_path):
-    result = noise.run(noise.quick_config(), str(tmp_path))
+def test_quick_noise_study_stays_above_the_floor(quick_results):
+    result = noise.run(noise.quick_config(), str(quick_results))
     for e in result["summary"]["noise"]:
         # No model beats the Bayes floor on held-out noisy labels (small slack for a finite validation set).
         assert e["best_val_loss"] > e["floor"] - 0.05

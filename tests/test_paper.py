@@ -19,8 +19,9 @@ def test_figure_selection_by_number_or_name_and_clear_errors():
 
 
 @pytest.mark.slow
-def test_quick_paper_draws_every_figure(tmp_path):
-    out, figs = str(tmp_path / "results"), str(tmp_path / "figures")
+def test_quick_paper_draws_every_figure(tmp_path, quick_results):
+    # Reuses the quick studies the end-to-end study tests stored (or runs them when alone).
+    out, figs = str(quick_results), str(tmp_path / "figures")
     paper.main(["--quick", "--out", out, "--figures", figs])
     for f in paper.FIGURES:
         for ext in ("png", "pdf"):
