@@ -141,10 +141,14 @@ def jax_worker(path: str, tasks: list[str], reference: float | None) -> dict:
 
         loop = jax.jit(hvp_loop)
         t_hvp, t_grad, t_loop = [], [], []
-        for f, args, acc in ((hvp, (obj, params, v), t_hvp), (grad, (obj, params), t_grad), (loop, (obj, params, v), t_loop)):
-            jax.block_until_ready(f(*args))
+        for f, args in ((hvp, (obj, params, v)), (grad, (obj, params)), (loop, (obj, params, v))):
+            jax.block_until_ready(f(*args))  # compile + warm up
         for _ in range(5):  # interleaved, so that load changes hit all three alike
-            for f, args, acc in ((hvp, (obj, params, v), t_hvp), (grad, (obj, params), t_grad), (loop, (obj, params, v), t_loop)):
+            for f, args, acc in (
+                (hvp, (obj, params, v), t_hvp),
+                (grad, (obj, params), t_grad),
+                (loop, (obj, params, v), t_loop),
+            ):
                 t0 = time.perf_counter()
                 jax.block_until_ready(f(*args))
                 acc.append(time.perf_counter() - t0)
@@ -434,7 +438,8 @@ def main(argv=None) -> None:
         return
 
     reps = 1 if args.quick else args.reps
-    print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start")
+    start_load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPU cores, load average {start_load:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
         big, small = os.path.join(tmp, "big.npz"), os.path.join(tmp, "small.npz")
         make_problem(big, (256, 256))
@@ -466,6 +471,7 @@ def main(argv=None) -> None:
 
         tasks = list(EQUAL_WORK) + ([] if args.quick else list(ACCURACY))
         rounds = {"jax": [], "torch": [], "jax_small": [], "torch_small": []}
+        round_loads = []
         for r in range(reps):
             order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
             for fw in order:
@@ -480,7 +486,8 @@ def main(argv=None) -> None:
                         {"CURVATURE_BENCH_CHUNK": "1", "CURVATURE_BENCH_ROWS": "4000"},
                     )
                 )
-            print(f"round {r + 1}/{reps} done (load average {os.getloadavg()[0]:.1f})")
+            round_loads.append(os.getloadavg()[0])
+            print(f"round {r + 1}/{reps} done (load average {round_loads[-1]:.1f})")
 
     def report(label, jkey, tkey, names):
         print(f"\n== {label} ==")
@@ -527,7 +534,14 @@ def main(argv=None) -> None:
             f"  λ_max 1e-3: losslab Lanczos {lj['steps']} steps; PyHessian power {lt['iterations']} iterations (reached: {lt['reached']})"
         )
     report("small model 40-32-10: equal work", "jax_small", "torch_small", EQUAL_WORK)
-    print(f"\ntorch threads: {rounds['torch'][0]['threads']}; load average at end {os.getloadavg()[0]:.1f}")
+    end_load = os.getloadavg()[0]
+    print(f"\ntorch threads: {rounds['torch'][0]['threads']}; load average at end {end_load:.1f}")
+    if max(start_load, statistics.median(round_loads)) > (os.cpu_count() or 1):
+        print(
+            "WARNING: the machine was busy; the ratios are not meaningful. PyTorch's OpenMP threads degrade far"
+            " more than XLA's when the cores are oversubscribed (2 cores at load 3-4: PyHessian's HVP 16x"
+            " slower than at load 1.6, losslab's 2.5x), so a busy machine inflates losslab's ratios."
+        )
 
 
 if __name__ == "__main__":
