@@ -12,3 +12,17 @@ def quick_results(tmp_path_factory):
     trained twice in one test session.
     """
     return tmp_path_factory.mktemp("quick_results")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops JAX's compiled-program caches after each test module.
+
+    One long pytest process otherwise keeps every executable of ~450 tests alive; releasing
+    them per module bounds the memory of the run (a full run once crashed inside XLA's
+    compiler late in the session without this).
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
