@@ -175,11 +175,17 @@ def jax_worker(path: str, tasks: list[str], reference: float | None) -> dict:
         # Data rows: per-step time of 10 power iterations (one matvec each). A single chunk lets
         # XLA hoist the primal forward/backward out of the loop; with several chunks (a lax.scan)
         # it is recomputed at every step, which one isolated HVP would not show.
-        data_timings = {}
         power10 = jax.jit(lambda o, p, k: cv.power_iteration(cv.hessian_operator(o, p), k, num_steps=10, tol=0.0))
-        for rows in (500, 1000, 4000):
-            o2 = obj.replace(chunk_size=rows)
-            data_timings[rows] = timed(power10, o2, params, key, reps=2)[1] / 10
+        objs = {rows: obj.replace(chunk_size=rows) for rows in (500, 1000, 4000)}
+        runs = {rows: [] for rows in objs}
+        for o2 in objs.values():
+            jax.block_until_ready(power10(o2, params, key))  # compile + warm up
+        for _ in range(3):  # interleaved, best of 3: load changes hit every setting alike
+            for rows, o2 in objs.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(power10(o2, params, key))
+                runs[rows].append(time.perf_counter() - t0)
+        data_timings = {rows: min(ts) / 10 for rows, ts in runs.items()}
         chunk = min(timings, key=timings.get)
         best_rows = min(data_timings, key=data_timings.get)
         obj = obj.replace(chunk_size=best_rows)
