@@ -35,10 +35,11 @@ PyHessian notes: a ``hessian`` object accumulates gradients into the model, so t
 worker builds a fresh model per measurement; ``density`` calls the removed
 ``torch.eig``, so the worker supplies it via ``torch.linalg.eigh`` (T is symmetric).
 Chunk sizes (probes per vectorised chunk, data rows per chunk) are chosen by measurement
-in the JAX worker and printed; the data rows by the per-step time of a 10-step power
-iteration, since one isolated HVP does not show that a single chunk lets the primal pass be
-hoisted out of the loop while several chunks recompute it at every step. Each worker warms
-up before timing (JAX: compiles and runs every case once; PyTorch: one HVP).
+in the JAX worker, for each model, and printed. Data rows are chosen by the per-step time of
+a 10-step power iteration, since one isolated HVP does not show that a single chunk lets the
+primal pass be hoisted out of the loop while several chunks recompute it at every step (for
+the small model, chunks of 1,000 rows that stay in cache can still win). Each worker warms up
+before timing (JAX: compiles and runs every case once; PyTorch: one HVP).
 """
 
 from __future__ import annotations
@@ -457,6 +458,9 @@ def main(argv=None) -> None:
         ref = setup["reference"]
         env["CURVATURE_BENCH_LANCZOS_STEPS"] = str(ref["lanczos_steps_1e-3"])
         print(f"probe chunk timings (20 probes, s): {ch['probe_chunk_s']} -> chunk {ch['probe_chunk']}")
+        chs = run_worker("jax", small, ["choose_chunk"])["chunks"]
+        env_small = {"CURVATURE_BENCH_CHUNK": str(chs["probe_chunk"]), "CURVATURE_BENCH_ROWS": str(chs["data_rows"])}
+        print(f"small model: probe chunk {chs['probe_chunk']}, data rows {chs['data_rows']} (same measurements)")
         print(f"data rows per chunk, s per power-iteration step: {ch['data_rows_s']} -> {ch['data_rows']} rows")
         h = setup["hvp"]
         print(
@@ -489,7 +493,7 @@ def main(argv=None) -> None:
                         small,
                         list(EQUAL_WORK),
                         None,
-                        {"CURVATURE_BENCH_CHUNK": "1", "CURVATURE_BENCH_ROWS": "4000"},
+                        env_small,
                     )
                 )
             round_loads.append(os.getloadavg()[0])
