@@ -43,7 +43,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from losslab.curvature.operators import LinearOperator
-from losslab.objective import chunked_sum
+from losslab.objective import _call_model, chunked_sum
 
 Array = jax.Array
 ESTIMATORS = ("sampled", "exact")
@@ -209,7 +209,7 @@ def _forward(objective, params, x, layers, eps):
     tape = _Tape(index, eps)
     token = _TAPE.set(tape)
     try:
-        out = model(x, train=False)
+        out = _call_model(model, x, False, None)
     finally:
         _TAPE.reset(token)
     missing = [layers[i].path for i in range(len(layers)) if i not in tape.inputs]

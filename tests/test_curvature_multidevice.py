@@ -57,6 +57,10 @@ SCRIPT = textwrap.dedent(
     d1 = cv.hessian_density(obj, obj.params, key, num_steps=10, num_probes=4)
     d4 = cv.hessian_density(obj, obj.params, key, num_steps=10, num_probes=4, mesh=mesh)
     np.testing.assert_allclose(np.asarray(d1.density), np.asarray(d4.density), rtol=1e-7, atol=1e-12)
+    # Exact backprop diagonals: data rows sharded, same numbers.
+    b1 = cv.exact_diagonal(obj, obj.params, operator="ggn").estimate
+    b4 = cv.exact_diagonal(obj, obj.params, operator="ggn", mesh=mesh).estimate
+    np.testing.assert_allclose(np.asarray(b1), np.asarray(b4), rtol=1e-9, atol=1e-12)
     print("OK", float(single[2].estimate), float(sharded[2].estimate))
     """
 )

@@ -33,6 +33,11 @@ Algorithms (they see only ``op.matvec``; ``algorithm(op, key, *, ...)``):
 :func:`spectral_density`, :func:`exact_density`, :func:`gaussian_broadening`
 (:mod:`~losslab.curvature.density`).
 
+Exact diagonals and traces by backpropagation, no probes (:mod:`~losslab.curvature.backprop`;
+Dangel et al. 2020): :func:`exact_diagonal`, :func:`exact_trace` (``hessian_trace(method="backprop")``)
+for the GGN / Fisher / empirical Fisher of any model, and for the Hessian of models piecewise
+linear in each parameter tensor (ReLU networks; :func:`piecewise_linear_check`).
+
 Exact mode for small models (:mod:`~losslab.curvature.dense`): :func:`dense_hessian`,
 :func:`dense_ggn`, :func:`dense_fisher`, :func:`exact_eigh`.
 
@@ -48,6 +53,7 @@ from losslab.curvature.api import (
     hessian_eigenvalues,
     hessian_trace,
 )
+from losslab.curvature.backprop import exact_diagonal, exact_trace, piecewise_linear_check
 from losslab.curvature.dense import dense_fisher, dense_ggn, dense_hessian, exact_eigh
 from losslab.curvature.density import DensityResult, exact_density, gaussian_broadening, spectral_density
 from losslab.curvature.eigen import (
@@ -99,7 +105,9 @@ __all__ = [
     "dense_hessian",
     "empirical_fisher_operator",
     "exact_density",
+    "exact_diagonal",
     "exact_eigh",
+    "exact_trace",
     "fisher_operator",
     "flat_params",
     "from_matrix",
@@ -114,6 +122,7 @@ __all__ = [
     "lanczos",
     "mc_fisher_operator",
     "path_str",
+    "piecewise_linear_check",
     "power_iteration",
     "spectral_density",
     "to_dense",

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from losslab import _display as fmt
+from losslab.curvature import backprop
 from losslab.curvature import dense as dense_lib
 from losslab.curvature import density as density_lib
 from losslab.curvature import eigen as eigen_lib
@@ -34,7 +35,7 @@ from losslab.curvature import operators as ops
 from losslab.curvature import trace as trace_lib
 
 OPERATOR_NAMES = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
-TRACE_METHODS = ("hutchpp", "hutchinson", "adaptive", "exact")
+TRACE_METHODS = ("hutchpp", "hutchinson", "adaptive", "backprop", "exact")
 EIGEN_METHODS = ("lanczos", "power", "exact")
 _TITLES = {
     "hessian": "Hessian",
@@ -164,7 +165,10 @@ def hessian_trace(
       method: "hutchpp" (Meyer et al. 2021; default), "hutchinson" (Hutchinson 1989,
         :math:`\operatorname{tr} H \approx \frac1m \sum_j v_j^\top H v_j`, Rademacher v),
         "adaptive" (Hutchinson until the relative standard error is <= ``rel_std_error``,
-        at most ``num_matvecs`` probes) or "exact" (dense; small models).
+        at most ``num_matvecs`` probes), "backprop" (exact, no probes: the diagonal by
+        backpropagation, :func:`~losslab.curvature.backprop.exact_trace`; for the Hessian
+        the model must be piecewise linear in each parameter tensor, e.g. a ReLU network,
+        which is checked) or "exact" (dense; small models).
       num_matvecs: matvec budget (the cap for "adaptive").
       rel_std_error: target of the "adaptive" method.
       exact: shorthand for ``method="exact"``.
@@ -181,6 +185,16 @@ def hessian_trace(
     if method not in TRACE_METHODS:
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
     params, key = _prepare(objective, params, key, operator, select)
+    if method == "backprop":
+        # the same matrix as the operator of that name (mc_fisher: the same sampled labels)
+        op_key = jax.random.fold_in(key, 1) if operator == "mc_fisher" else key
+        before = backprop._exact_trace_jit._cache_size()
+        start = time.perf_counter()
+        res = backprop.exact_trace(objective, params, batch, operator=operator, key=op_key, select=select, mesh=mesh)
+        res = jax.block_until_ready(res)
+        seconds = time.perf_counter() - start
+        compiled = backprop._exact_trace_jit._cache_size() > before
+        return TraceEstimate(float(res.estimate), 0.0, 0, seconds, compiled, method, operator)
     res, seconds, compiled = _timed(
         _trace_impl,
         objective,
