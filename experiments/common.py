@@ -117,3 +117,30 @@ def run_sweep(
     finally:
         bar.close()
     return [store.load(c, c.get(name_key)).metrics for c, _ in runs]
+
+
+def mlp_objective(ds, loss, widths: Sequence[int], seed: int, *, regularizers=(), **model_options):
+    """The studies' MLP on dataset ``ds`` under ``loss``: ``models.create("mlp", ...)`` + ``Objective``.
+
+    ``model_options`` go to the model (``activation``, ``dropout``, ``residual``, ...).
+    """
+    from losslab import Objective, models
+
+    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=tuple(widths),
+                          seed=seed, **model_options)
+    return Objective(model, loss, ds, regularizers=list(regularizers))
+
+
+def train_run(obj, cfg: dict, *, optimizer: str = "adam", epochs: int | None = None, patience: int | None = None,
+              **train_options):
+    """Trains ``obj`` with a run's ``learning_rate``, ``batch_size``, ``epochs`` and ``seed``.
+
+    ``patience`` adds early stopping on the validation loss; ``train_options`` go to
+    :func:`losslab.train.train` (``stop_below``, ...).
+    """
+    from losslab.train import EarlyStopping, train
+
+    if patience is not None:
+        train_options["early_stopping"] = EarlyStopping(patience=patience)
+    return train(obj, optimizer=optimizer, learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
+                 epochs=cfg["epochs"] if epochs is None else epochs, key=cfg["seed"], **train_options)

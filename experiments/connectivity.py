@@ -43,12 +43,12 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from experiments import common
 from experiments.common import parse_config, run_sweep
-from losslab import Objective, data, models
+from losslab import Objective, data
 from losslab import directions as D
 from losslab import surface as S
 from losslab.results import RunStore
-from losslab.train import train
 
 EXPERIMENT = "connectivity"
 PATH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -83,9 +83,7 @@ def quick_config() -> Config:
 
 def _objective(cfg: dict, seed: int) -> Objective:
     ds = data.load("mnist1d", seed=0, num_samples=cfg["num_samples"])
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=tuple(cfg["widths"]),
-                          seed=seed)
-    return Objective(model, "cross_entropy", ds)
+    return common.mlp_objective(ds, "cross_entropy", cfg["widths"], seed)
 
 
 def _flat(params) -> np.ndarray:
@@ -121,8 +119,7 @@ def barrier_heights(t, values: dict) -> dict:
 def train_endpoint(cfg: dict) -> dict:
     """Trains one endpoint until its training loss is below ``target_loss`` (or ``max_epochs``)."""
     obj = _objective(cfg, cfg["seed"])
-    res = train(obj, optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-                epochs=cfg["max_epochs"], key=cfg["seed"], stop_below=cfg["target_loss"] or None)
+    res = common.train_run(obj, cfg, epochs=cfg["max_epochs"], stop_below=cfg["target_loss"] or None)
     test = obj.evaluate(res.params, "test")
     return {
         "train_loss": float(obj.loss(res.params)),

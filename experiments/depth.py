@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from experiments.common import parse_config, run_sweep
-from losslab import Objective, data, models
+from losslab import data
 from losslab.results import RunStore
 
 EXPERIMENT = "depth"
@@ -52,9 +53,8 @@ def quick_config() -> Config:
 def measure(cfg: dict) -> dict:
     """Jacobian singular values and per-layer gradient norms of one network at init."""
     ds = data.load(cfg["dataset"], seed=0)
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim,
-                          widths=(cfg["width"],) * cfg["depth"], residual=cfg["residual"], seed=cfg["seed"])
-    obj = Objective(model, "cross_entropy", ds)
+    obj = common.mlp_objective(ds, "cross_entropy", (cfg["width"],) * cfg["depth"], cfg["seed"],
+                               residual=cfg["residual"])
     params = obj.params
     x, y = obj.batch("train")
     xs = x[: cfg["num_inputs"]]

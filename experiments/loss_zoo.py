@@ -73,13 +73,13 @@ import sys
 import jax
 import numpy as np
 
+from experiments import common
 from experiments.common import parse_config, run_sweep
-from losslab import EarlyStopping, Objective, curvature, data, losses, models, sharpness
+from losslab import Objective, curvature, data, losses, sharpness
 from losslab import directions as D
 from losslab import surface as S
 from losslab.correlation import kendall_tau
 from losslab.results import RunStore
-from losslab.train import train
 
 EXPERIMENT = "loss_zoo"
 LOSS_LABELS = {"cross_entropy": "cross-entropy", "label_smoothing": "label smoothing", "focal": "focal",
@@ -230,11 +230,8 @@ def classify(cfg: dict) -> dict:
     """(a) Trains the MLP under one classification loss and measures the minimum it finds."""
     options = {"num_samples": cfg["num_samples"]} if cfg["dataset"] == "mnist1d" else {}
     ds = data.load(cfg["dataset"], seed=0, **options)
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=tuple(cfg["widths"]),
-                          seed=cfg["seed"])
-    obj = Objective(model, _loss(cfg["loss"], cfg), ds)
-    res = train(obj, optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-                epochs=cfg["epochs"], key=cfg["seed"], early_stopping=EarlyStopping(patience=cfg["patience"]))
+    obj = common.mlp_objective(ds, _loss(cfg["loss"], cfg), cfg["widths"], cfg["seed"])
+    res = common.train_run(obj, cfg, patience=cfg["patience"])
     params = res.params
     k_curv, k_flat, k_dir = jax.random.split(jax.random.key(cfg["seed"]), 3)
     out = {**_scores(obj, params), "num_test": obj.num_examples("test"), "epochs": res.history.stopped_epoch,
@@ -263,11 +260,8 @@ def regress(cfg: dict) -> dict:
                    hidden=tuple(cfg["teacher_hidden"]), noise_std=cfg["noise_std"])
     if cfg["fraction"] > 0:
         ds = data.regression_outliers(ds, cfg["fraction"], scale=cfg["outlier_scale"], seed=cfg["seed"])
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=tuple(cfg["widths"]),
-                          seed=cfg["seed"])
-    obj = Objective(model, _loss(cfg["loss"], cfg), ds)
-    res = train(obj, optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-                epochs=cfg["epochs"], key=cfg["seed"], early_stopping=EarlyStopping(patience=cfg["patience"]))
+    obj = common.mlp_objective(ds, _loss(cfg["loss"], cfg), cfg["widths"], cfg["seed"])
+    res = common.train_run(obj, cfg, patience=cfg["patience"])
     params = res.params
     out = {**_scores(obj, params, clean_mse=True), "epochs": res.history.stopped_epoch,
            "best_epoch": res.history.best_epoch}

@@ -30,8 +30,9 @@ import sys
 
 import numpy as np
 
+from experiments import common
 from experiments.common import parse_config, run_sweep
-from losslab import EarlyStopping, Objective, data, models, train
+from losslab import data
 from losslab.results import RunStore
 
 EXPERIMENT = "noise"
@@ -74,11 +75,8 @@ def run_one(cfg: dict) -> dict:
         if cfg["ratio"] < 1:
             ds = data.class_imbalance(ds, cfg["ratio"], seed=cfg["seed"])
         loss = cfg["loss"]
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=(cfg["hidden"],),
-                          seed=cfg["seed"])
-    obj = Objective(model, loss, ds)
-    result = train.train(obj, optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-                         epochs=cfg["epochs"], key=cfg["seed"], early_stopping=EarlyStopping(patience=cfg["patience"]))
+    obj = common.mlp_objective(ds, loss, (cfg["hidden"],), cfg["seed"])
+    result = common.train_run(obj, cfg, patience=cfg["patience"])
     h = result.history
     x, y = result.objective.batch("test")
     pred = np.asarray(result.objective.outputs(result.params, x)).argmax(-1)

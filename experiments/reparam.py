@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from experiments import common
 from experiments.common import parse_config, run_sweep
-from losslab import Objective, data, models, sharpness, symmetry
+from losslab import Objective, data, sharpness, symmetry
 from losslab.results import RunStore
-from losslab.train import train
 
 EXPERIMENT = "reparam"
 
@@ -95,16 +95,13 @@ def measure_options(cfg: dict) -> dict:
 
 def _model_objective(cfg: dict) -> Objective:
     ds = data.load(cfg["dataset"], seed=0)
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=tuple(cfg["widths"]),
-                          activation="relu", seed=cfg["seed"])
-    return Objective(model, "cross_entropy", ds)
+    return common.mlp_objective(ds, "cross_entropy", cfg["widths"], cfg["seed"], activation="relu")
 
 
 def train_model(cfg: dict) -> dict:
     """Trains the MLP once; its flat params are stored as ``arrays.npz["params"]``."""
     obj = _model_objective(cfg)
-    result = train(obj, optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-                   epochs=cfg["epochs"], key=cfg["seed"])
+    result = common.train_run(obj, cfg)
     test = obj.evaluate(result.params, "test")
     flat, _ = ravel_pytree(result.params)
     return {"num_params": obj.num_params, "final_train_loss": float(result.history.train_eval_loss[-1]),

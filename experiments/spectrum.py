@@ -22,8 +22,9 @@ import sys
 import jax
 import numpy as np
 
+from experiments import common
 from experiments.common import parse_config, run_sweep
-from losslab import Objective, curvature, data, models, train
+from losslab import curvature, data
 from losslab.results import RunStore
 
 EXPERIMENT = "spectrum"
@@ -51,11 +52,8 @@ def quick_config() -> Config:
 def spectra(cfg: dict) -> dict:
     """Trains one MLP and measures its Hessian density at init and at the end."""
     ds = data.load(cfg["dataset"], seed=0)
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=tuple(cfg["widths"]),
-                          seed=cfg["seed"])
-    obj = Objective(model, "cross_entropy", ds)
-    result = train.train(obj, optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-                         epochs=cfg["epochs"], key=cfg["seed"])
+    obj = common.mlp_objective(ds, "cross_entropy", cfg["widths"], cfg["seed"])
+    result = common.train_run(obj, cfg)
     out = {"num_params": obj.num_params, "final_train_loss": result.history.train_eval_loss[-1],
            "final_test_accuracy": float(obj.evaluate(result.params, "test")["accuracy"])}
     arrays = {}

@@ -23,8 +23,9 @@ import sys
 
 import numpy as np
 
+from experiments import common
 from experiments.common import parse_config, run_sweep
-from losslab import EarlyStopping, Objective, data, diagnose, losses, models, train
+from losslab import data, diagnose, losses
 from losslab.results import RunStore, atomic_write_json, atomic_write_text
 
 EXPERIMENT = "train"
@@ -74,14 +75,10 @@ def variants(config: Config) -> list[dict]:
 def run_one(cfg: dict, target_val_loss: float) -> dict:
     """Trains one variant and returns its metrics (history included)."""
     ds = data.load(cfg["dataset"], seed=0)
-    model = models.create("mlp", input_shape=ds.input_shape, output_dim=ds.output_dim, widths=(cfg["hidden"],),
-                          dropout=cfg["dropout"], seed=cfg["seed"])
     regs = [losses.l2(cfg["l2"], include="layers/0")] if cfg["l2"] else []
-    obj = Objective(model, "cross_entropy", ds, regularizers=regs)
-    result = train.train(
-        obj, optimizer=cfg["optimizer"], learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-        epochs=cfg["epochs"], key=cfg["seed"], early_stopping=EarlyStopping(patience=cfg["patience"]),
-    )
+    obj = common.mlp_objective(ds, "cross_entropy", (cfg["hidden"],), cfg["seed"], regularizers=regs,
+                               dropout=cfg["dropout"])
+    result = common.train_run(obj, cfg, optimizer=cfg["optimizer"], patience=cfg["patience"])
     h = result.history
     best = h.best_epoch
     val = np.asarray(h.val_loss)

@@ -9,9 +9,18 @@ def quick_results(tmp_path_factory):
 
     The end-to-end study tests run their quick configurations into it and the quick
     paper test then reuses every stored run (the studies resume), so no quick study is
-    trained twice in one test session.
+    trained twice in one test session. Under pytest-xdist these tests form one group
+    (see ``pytest_collection_modifyitems``), so they share one worker and one folder.
     """
     return tmp_path_factory.mktemp("quick_results")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks to group the tests
+def pytest_collection_modifyitems(config, items):
+    """Keeps every test that uses ``quick_results`` on one xdist worker, in file order."""
+    for item in items:
+        if "quick_results" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("quick_results"))
 
 
 @pytest.fixture(autouse=True, scope="module")

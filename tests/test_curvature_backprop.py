@@ -114,11 +114,11 @@ def test_relu_check_passes_and_the_gauss_newton_identity_holds_there():
 
 def test_cnn_uses_per_example_gradients_and_matches(monkeypatch):
     ds = classification(n=13, shape=(10, 1))
-    model = models.create("cnn1d", input_shape=(10, 1), output_dim=3, seed=1, channels=(2, 3), batch_norm=True)
+    model = models.create("cnn1d", input_shape=(10, 1), output_dim=3, seed=1, channels=(2, 3), hidden=6, kernel_size=3, batch_norm=True)
     obj = Objective(model, "cross_entropy", ds, chunk_size=8, dtype=jnp.float64)
     plan = bp._plan(obj, obj.params, jnp.asarray(ds.x_train))
     assert not all(plan.covered) and any(plan.covered)  # convs (and norms) take the per-example path
-    monkeypatch.setattr(bp, "PER_EXAMPLE_BUDGET", 3000)  # forces several per-example sub-chunks
+    monkeypatch.setattr(bp, "PER_EXAMPLE_BUDGET", 300)  # forces several per-example sub-chunks
     close(bp.exact_diagonal(obj).estimate, jnp.diag(cv.dense_hessian(obj)))
     close(bp.exact_trace(obj, operator="fisher").estimate, jnp.trace(cv.dense_fisher(obj)))
 

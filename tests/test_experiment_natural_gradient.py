@@ -10,8 +10,10 @@ from losslab.results import RunStore
 
 
 @pytest.mark.slow
-def test_quick_study_writes_results_and_figures_and_resumes(tmp_path):
-    config = dataclasses.replace(study.quick_config(), num_samples=300)
+def test_quick_study_writes_results_and_figures_and_resumes(quick_results):
+    # The paper's quick configuration, in the session's shared folder (the quick paper test reuses it).
+    tmp_path = quick_results
+    config = study.quick_config()
     summary = study.run(config, str(tmp_path))
     assert len(summary["rows"]) == len(config.optimizers)
     for path in summary["figures"]:

@@ -1,6 +1,5 @@
 """The surfaces study runs end to end in quick mode, stores its runs, resumes and draws every figure."""
 
-import dataclasses
 import glob
 import os
 
@@ -11,9 +10,10 @@ from experiments import surfaces
 
 
 @pytest.mark.slow
-def test_quick_study_end_to_end_and_resume(tmp_path):
-    out = str(tmp_path / "results")
-    result = surfaces.main(["--quick", "--out", out, "--grid_points", "4"])
+def test_quick_study_end_to_end_and_resume(quick_results):
+    # The paper's quick configuration, in the session's shared folder (the quick paper test reuses it).
+    out = str(quick_results)
+    result = surfaces.main(["--quick", "--out", out])
     runs = result["runs"]
     assert {
         "train-sb",
@@ -42,13 +42,16 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
     for path in result["figures"]:
         assert os.path.getsize(path) > 1000
-    # The override reached the config: 4 x 4 planes are stored.
+    # The config reached the store: grid_points x grid_points planes are stored, and a flag overrides it.
+    g = surfaces.quick().grid_points
     sb = [r for r in surfaces.RunStore(out, "surfaces") if r.config.get("name") == "plane-sb"]
-    assert sb and sb[0].arrays()["train_loss"].shape == (4, 4)
+    assert sb and sb[0].arrays()["train_loss"].shape == (g, g)
+    config, _ = surfaces.parse_config(surfaces.Config, ["--quick", "--grid_points", "4"], quick=surfaces.quick)
+    assert config.grid_points == 4 and config.trajectory_grid_points == surfaces.quick().trajectory_grid_points
 
     # Resume: a second run recomputes nothing (metrics files untouched) and redraws the figures.
     metrics = sorted(glob.glob(os.path.join(out, "surfaces", "*", "metrics.json")))
     stamps = [os.path.getmtime(p) for p in metrics]
-    again = surfaces.run(dataclasses.replace(surfaces.quick(), grid_points=4), out)
+    again = surfaces.run(surfaces.quick(), out)
     assert [os.path.getmtime(p) for p in metrics] == stamps
     assert again["runs"]["interpolation"] == runs["interpolation"]

@@ -227,15 +227,18 @@ def _curvature_within_leaves(objective, params, x) -> Array:
     leaves, treedef = jax.tree.flatten(params)
     f = lambda p: objective.outputs(p, x)
     key = jax.random.key(20260123)
-    out = []
-    for i, leaf in enumerate(leaves):
-        tangent = [jnp.zeros_like(l) for l in leaves]
-        tangent[i] = jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
+
+    def one(i):  # one leaf per step of a lax.map: one compiled body, one tangent in memory
+        tangent = [
+            jnp.where(i == j, jax.random.normal(jax.random.fold_in(key, j), leaf.shape, leaf.dtype), 0)
+            for j, leaf in enumerate(leaves)
+        ]
         tangent = jax.tree.unflatten(treedef, tangent)
         first = lambda p: jax.jvp(f, (p,), (tangent,))[1]
         second = jax.jvp(first, (params,), (tangent,))[1]
-        out.append(jnp.max(jnp.abs(second)))
-    return jnp.stack(out)
+        return jnp.max(jnp.abs(second))
+
+    return jax.lax.map(one, jnp.arange(len(leaves)))
 
 
 def _regularizer_diagonal(objective, params):
