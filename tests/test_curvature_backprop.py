@@ -156,3 +156,21 @@ def test_bad_input_is_refused():
         bp.exact_trace(objective(), operator="kfac")
     with pytest.raises(ValueError, match="needs a PRNG key"):
         bp.exact_trace(objective(), operator="mc_fisher")
+
+
+def test_exact_trace_probe_inside_training():
+    from losslab import train
+
+    obj = objective(regularizers=[losses.l2(0.01)])
+    probes = {"trace": cv.trace_probe(method="backprop", full_batch=True, with_std_error=True)}
+    result = train.train(obj, optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=2, key=0, probes=probes,
+                         probe_every=1)
+    hist = result.history.probes
+    assert hist["trace/std_error"]["value"][-1] == 0.0
+    # The last recorded value is the exact trace of the final full-batch Hessian (history stores float32).
+    np.testing.assert_allclose(hist["trace/value"]["value"][-1], float(jnp.trace(cv.dense_hessian(obj, result.params))),
+                               rtol=1e-6)
+    # A smooth model is refused before the first step.
+    with pytest.raises(ValueError, match="piecewise linear"):
+        train.train(objective(activation="tanh"), optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=1,
+                    key=0, probes={"trace": cv.trace_probe(method="backprop")}, probe_every=1)

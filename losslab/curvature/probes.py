@@ -18,7 +18,7 @@ from losslab.curvature.trace import hutchinson_trace, hutchpp_trace
 from losslab.train import Probe, grad_norm_probe
 
 METHODS = ("lanczos", "power")
-TRACE_METHODS = ("hutchinson", "hutchpp")
+TRACE_METHODS = ("hutchinson", "hutchpp", "backprop")
 
 
 def _operator_factory(operator: str):
@@ -90,10 +90,14 @@ def trace_probe(
 ) -> Probe:
     r"""Probe of :math:`\operatorname{tr} H` by Hutchinson (or Hutch++) with ``num_probes`` matvecs per call.
 
+    ``method="backprop"`` records the exact trace instead (no probes, std_error 0; see
+    :func:`losslab.curvature.exact_trace`). For the Hessian the model must be piecewise linear
+    in each parameter tensor; that is checked once, when training starts.
+
     Args:
-      num_probes: matvecs per call (>= 2; >= 4 for Hutch++).
+      num_probes: matvecs per call (>= 2; >= 4 for Hutch++; unused by "backprop").
       full_batch: curvature of the full training loss instead of the minibatch loss.
-      method: "hutchinson" or "hutchpp".
+      method: "hutchinson", "hutchpp" or "backprop".
       operator: "hessian", "ggn", "fisher" or "empirical_fisher".
       with_std_error: report ``{"value", "std_error"}`` instead of the bare estimate.
 
@@ -105,6 +109,23 @@ def trace_probe(
     if num_probes < (4 if method == "hutchpp" else 2):
         raise ValueError(f"num_probes={num_probes} is too small for {method}")
     make_op = _operator_factory(operator)
+    if method == "backprop":
+        from losslab.curvature import backprop
+
+        def init(objective, params):
+            if operator == "hessian":
+                backprop._require_piecewise_linear(objective, params, None, 256)
+            return ()
+
+        def exact(objective, params, batch, state, key):
+            parts = backprop._diagonal_tree(
+                objective, params, None if full_batch else batch, operator, None, 1, None, "data", True
+            )
+            value = sum(jax.tree.leaves(parts))
+            out = {"value": value, "std_error": jnp.zeros_like(value)} if with_std_error else value
+            return out, state
+
+        return Probe(init, exact)
 
     def fn(objective, params, batch, state, key):
         op = make_op(objective, params, None if full_batch else batch)
