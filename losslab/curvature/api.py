@@ -188,12 +188,12 @@ def hessian_trace(
     if method == "backprop":
         # the same matrix as the operator of that name (mc_fisher: the same sampled labels)
         op_key = jax.random.fold_in(key, 1) if operator == "mc_fisher" else key
-        before = backprop._exact_trace_jit._cache_size()
+        before = backprop._exact_jit._cache_size()
         start = time.perf_counter()
         res = backprop.exact_trace(objective, params, batch, operator=operator, key=op_key, select=select, mesh=mesh)
         res = jax.block_until_ready(res)
         seconds = time.perf_counter() - start
-        compiled = backprop._exact_trace_jit._cache_size() > before
+        compiled = backprop._exact_jit._cache_size() > before
         return TraceEstimate(float(res.estimate), 0.0, 0, seconds, compiled, method, operator)
     res, seconds, compiled = _timed(
         _trace_impl,

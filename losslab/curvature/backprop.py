@@ -204,7 +204,7 @@ def _chunk_diagonal(objective, params, plan: _Plan, kind, x, y, w, extra, trace_
             return [jnp.sum(q) for q in sq] if trace_only else sq
 
         b, num_cols = x.shape[0], cols.shape[0]
-        size = sum(int(l.size) for l in sub0)
+        size = sum(int(leaf.size) for leaf in sub0)
         k = _largest_divisor_at_most(b, PER_EXAMPLE_BUDGET // max(1, num_cols * size))
         rows = (x, jnp.moveaxis(cols, 1, 0), signs.T)
         rows = jax.tree.map(lambda a: a.reshape(b // k, k, *a.shape[1:]), rows)
@@ -319,6 +319,15 @@ def _require_piecewise_linear(objective, params, batch, check_rows):
         )
 
 
+def _prepare(objective, params, batch, operator, key, num_samples, check_rows):
+    """Eager validation (and, for the Hessian, the piecewise-linearity check); returns ``(params, key)``."""
+    params = objective.params if params is None else params
+    _check_kind(objective, operator, key, num_samples)
+    if operator == "hessian":
+        _require_piecewise_linear(objective, params, batch, check_rows)
+    return params, (key if operator == "mc_fisher" else None)  # one compiled program with or without a key
+
+
 def exact_diagonal(
     objective,
     params=None,
@@ -357,13 +366,9 @@ def exact_diagonal(
       A :class:`DiagonalResult` with the ``(n,)`` diagonal in the operators' ordering,
       zero standard errors and ``num_matvecs=0``.
     """
-    params = objective.params if params is None else params
-    _check_kind(objective, operator, key, num_samples)
-    key = key if operator == "mc_fisher" else None  # one compiled program with or without a key
+    params, key = _prepare(objective, params, batch, operator, key, num_samples, check_rows)
     restriction, _, _, _ = ops._restrict(params, select)
-    if operator == "hessian":
-        _require_piecewise_linear(objective, params, batch, check_rows)
-    diag = _exact_diagonal_jit(objective, params, batch, key, operator, num_samples, mesh, axis)
+    diag = _exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, False)
     flat = restriction.ravel(diag)
     return DiagonalResult(flat, jnp.zeros_like(flat), jnp.asarray(0))
 
@@ -385,31 +390,23 @@ def exact_trace(
 
     Cheaper than the diagonal: a Dense kernel's share is :math:`\\sum_i \\lVert a_i\\rVert^2
     \\sum_c s_{ic} \\lVert g_{ic}\\rVert^2`, row norms only. For the MNIST-1D MLP 40-256-256-10
-    on 4,000 rows it costs about as much as one Hessian-vector product (benchmarks). Same
-    arguments and checks as :func:`exact_diagonal`.
+    on 4,000 rows it costs about four Hessian-vector products, 0.09 s on 2 CPU cores, against
+    about 30 Hutchinson probes for a 5 % standard error (benchmarks). Same arguments and checks
+    as :func:`exact_diagonal`.
 
     Returns:
       A :class:`TraceResult` with ``std_error`` 0 and ``num_matvecs`` 0.
     """
-    params = objective.params if params is None else params
-    _check_kind(objective, operator, key, num_samples)
-    key = key if operator == "mc_fisher" else None  # one compiled program with or without a key
+    params, key = _prepare(objective, params, batch, operator, key, num_samples, check_rows)
     mask = ops._selection(params, select)
-    if operator == "hessian":
-        _require_piecewise_linear(objective, params, batch, check_rows)
-    parts = _exact_trace_jit(objective, params, batch, key, operator, num_samples, mesh, axis)
+    parts = _exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, True)
     total = sum(p for p, m in zip(jax.tree.leaves(parts), mask) if m)
     return TraceResult(total, jnp.zeros_like(total), jnp.asarray(0))
 
 
-@functools.partial(jax.jit, static_argnames=("operator", "num_samples", "mesh", "axis"))
-def _exact_diagonal_jit(objective, params, batch, key, operator, num_samples, mesh, axis):
-    return _diagonal_tree(objective, params, batch, operator, key, num_samples, mesh, axis, False)
-
-
-@functools.partial(jax.jit, static_argnames=("operator", "num_samples", "mesh", "axis"))
-def _exact_trace_jit(objective, params, batch, key, operator, num_samples, mesh, axis):
-    return _diagonal_tree(objective, params, batch, operator, key, num_samples, mesh, axis, True)
+@functools.partial(jax.jit, static_argnames=("operator", "num_samples", "mesh", "axis", "trace_only"))
+def _exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, trace_only):
+    return _diagonal_tree(objective, params, batch, operator, key, num_samples, mesh, axis, trace_only)
 
 
 __all__ = ["KINDS", "exact_diagonal", "exact_trace", "piecewise_linear_check"]
