@@ -142,7 +142,7 @@ def test_unknown_names():
 )
 def test_models_shapes_and_modes(name, shape, kw):
     m = models.create(name, input_shape=shape, output_dim=3, **kw)
-    x = jnp.ones((5, *shape))
+    x = jnp.ones((5, *shape), jnp.float32)  # the models are float32 (other modules enable x64)
     assert m(x).shape == (5, 3)
     assert m(x, train=True, key=jax.random.key(0)).shape == (5, 3)
 
