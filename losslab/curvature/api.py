@@ -72,11 +72,13 @@ def _prepare(objective, params, key, operator, select):
     return params, key
 
 
-def _timed(fn, *args, **kwargs):
-    before = fn._cache_size()
+def _timed(fn, *args, compiled_by=None, **kwargs):
+    """``(fn(...), seconds, compiled)``; ``compiled`` watches ``compiled_by`` (a jitted function; default fn)."""
+    jitted = fn if compiled_by is None else compiled_by
+    before = jitted._cache_size()
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args, **kwargs))
-    return out, time.perf_counter() - start, fn._cache_size() > before
+    return out, time.perf_counter() - start, jitted._cache_size() > before
 
 
 # ----------------------------------------------------------------------------
@@ -188,12 +190,17 @@ def hessian_trace(
     if method == "backprop":
         # the same matrix as the operator of that name (mc_fisher: the same sampled labels)
         op_key = jax.random.fold_in(key, 1) if operator == "mc_fisher" else key
-        before = backprop._exact_jit._cache_size()
-        start = time.perf_counter()
-        res = backprop.exact_trace(objective, params, batch, operator=operator, key=op_key, select=select, mesh=mesh)
-        res = jax.block_until_ready(res)
-        seconds = time.perf_counter() - start
-        compiled = backprop._exact_jit._cache_size() > before
+        res, seconds, compiled = _timed(
+            backprop.exact_trace,
+            objective,
+            params,
+            batch,
+            compiled_by=backprop._exact_jit,
+            operator=operator,
+            key=op_key,
+            select=select,
+            mesh=mesh,
+        )
         return TraceEstimate(float(res.estimate), 0.0, 0, seconds, compiled, method, operator)
     res, seconds, compiled = _timed(
         _trace_impl,

@@ -366,6 +366,16 @@ def fisher_operator(
     return _output_space_operator(objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "fisher")
 
 
+def _sampled_nll_grads(likelihood, key: Array, i, z: Array, num_samples: int) -> Array:
+    """``(S, D)`` output gradients of the NLL at S labels sampled from the model for example i.
+
+    Example i draws from ``fold_in(key, i)``, so every user of the MC Fisher sees the same labels.
+    """
+    keys = jax.random.split(jax.random.fold_in(key, i), num_samples)
+    ys = jax.vmap(lambda k: likelihood.sample(k, z[None])[0])(keys)
+    return jax.vmap(lambda yy: jax.grad(lambda q: likelihood.nll(q[None], yy[None])[0])(z))(ys)
+
+
 def mc_fisher_operator(
     objective,
     params=None,
@@ -401,9 +411,7 @@ def mc_fisher_operator(
 
     def output_matvec(z, y, idx, u, w):
         def per_row(i, zi, ui):
-            keys = jax.random.split(jax.random.fold_in(key, i), num_samples)
-            ys = jax.vmap(lambda k: likelihood.sample(k, zi[None])[0])(keys)
-            r = jax.vmap(lambda yy: jax.grad(lambda q: likelihood.nll(q[None], yy[None])[0])(zi))(ys)
+            r = _sampled_nll_grads(likelihood, key, i, zi, num_samples)
             return jnp.mean(r * (r @ ui)[:, None], axis=0)
 
         return w[:, None] * jax.vmap(per_row)(idx, z, u)
