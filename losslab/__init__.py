@@ -10,24 +10,29 @@ from losslab import (
     curvature,
     data,
     directions,
+    display,
     kfac,
+    layers,
     losses,
     models,
     natural,
     optim,
+    probes,
     registry,
     results,
     sharpness,
     surface,
     symmetry,
     train,
+    trees,
 )
 from losslab.objective import Objective, chunked_sum
-from losslab.train import EarlyStopping, History, Probe, ReduceOnPlateau, TrainResult, diagnose
-
-__version__ = "0.1.0"
+from losslab.probes import Probe
+from losslab.train import EarlyStopping, History, ReduceOnPlateau, TrainResult, diagnose
+from losslab.version import __version__
 
 __all__ = [
+    "__version__",
     "EarlyStopping",
     "History",
     "Objective",
@@ -41,15 +46,19 @@ __all__ = [
     "data",
     "diagnose",
     "directions",
+    "display",
     "kfac",
+    "layers",
     "losses",
     "models",
     "natural",
     "optim",
+    "probes",
     "registry",
     "results",
     "sharpness",
     "surface",
     "symmetry",
     "train",
+    "trees",
 ]

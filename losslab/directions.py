@@ -34,51 +34,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from losslab import _display as fmt
+from losslab import display as fmt
+from losslab.curvature.eigen import top_eigenpairs
+from losslab.curvature.operators import make_operator
+from losslab.trees import check_same_structure, tree_add, tree_norm, tree_scale, tree_sub, tree_vdot
 
 Array = jax.Array
 PyTree = Any
 
 NORMALIZATIONS = ("filter", "layer", "model", "none")
 BIAS_MODES = ("zero", "keep")
-
-
-# --------------------------------------------------------------------------
-# Small pytree algebra (shared with losslab.surface)
-
-
-def tree_add(a: PyTree, b: PyTree) -> PyTree:
-    """``a + b`` leaf by leaf."""
-    return jax.tree.map(jnp.add, a, b)
-
-
-def tree_sub(a: PyTree, b: PyTree) -> PyTree:
-    """``a - b`` leaf by leaf."""
-    return jax.tree.map(jnp.subtract, a, b)
-
-
-def tree_scale(tree: PyTree, scalar) -> PyTree:
-    """``scalar * tree`` leaf by leaf (the scalar is cast to each leaf's dtype)."""
-    return jax.tree.map(lambda x: jnp.asarray(scalar, x.dtype) * x, tree)
-
-
-def tree_vdot(a: PyTree, b: PyTree) -> Array:
-    """The Euclidean inner product ``<a, b>`` summed over all leaves."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def tree_norm(tree: PyTree) -> Array:
-    """The Euclidean norm ``||tree||_2`` over all leaves."""
-    return jnp.sqrt(tree_vdot(tree, tree))
-
-
-def _check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
-    sa, sb = jax.tree.structure(a), jax.tree.structure(b)
-    if sa != sb:
-        raise ValueError(f"{what}: pytree structures differ:\n{sa}\nvs\n{sb}")
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if jnp.shape(x) != jnp.shape(y):
-            raise ValueError(f"{what}: leaf shapes differ: {jnp.shape(x)} vs {jnp.shape(y)}")
 
 
 def _check_option(value: str, valid: Sequence[str], name: str) -> None:
@@ -130,7 +95,7 @@ def normalize_direction(
     """
     _check_option(normalization, NORMALIZATIONS, "normalization")
     _check_option(biases, BIAS_MODES, "biases mode")
-    _check_same_structure(direction, params, "normalize_direction")
+    check_same_structure(direction, params, "normalize_direction")
 
     def leaf(d, p):
         d = jnp.asarray(d)
@@ -218,7 +183,7 @@ def segment(params_a: PyTree, params_b: PyTree) -> PyTree:
     r"""The direction :math:`d = \theta_b - \theta_a`: ``params_a + t d`` is the linear
     interpolation, ``t = 0`` at a and ``t = 1`` at b (Goodfellow et al. 2015; Keskar et al. 2017).
     """
-    _check_same_structure(params_a, params_b, "segment")
+    check_same_structure(params_a, params_b, "segment")
     return tree_sub(params_b, params_a)
 
 
@@ -251,8 +216,8 @@ def plane_through(params_0: PyTree, params_1: PyTree, params_2: PyTree) -> Plane
     Raises:
       ValueError: if the three points are (numerically) collinear or coincide.
     """
-    _check_same_structure(params_0, params_1, "plane_through")
-    _check_same_structure(params_0, params_2, "plane_through")
+    check_same_structure(params_0, params_1, "plane_through")
+    check_same_structure(params_0, params_2, "plane_through")
     a = tree_sub(params_1, params_0)
     b = tree_sub(params_2, params_0)
     na = float(tree_norm(a))
@@ -413,12 +378,10 @@ def hessian_directions(
     Returns:
       A :class:`HessianDirections`.
     """
-    from losslab import curvature
-
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    op = curvature.hessian_operator(objective, params, batch=batch)
-    res = curvature.top_eigenpairs(op, key, k=k, **eigen_options)
+    op = make_operator("hessian", objective, params, batch)
+    res = top_eigenpairs(op, key, k=k, **eigen_options)
     vecs = jnp.asarray(res.eigenvectors)
     directions = tuple(op.unravel(vecs[i]) for i in range(k))
     return HessianDirections(directions, np.asarray(res.eigenvalues))

@@ -20,13 +20,15 @@ extra arguments the training engine (:func:`losslab.train.train`) passes on ever
 sampled Fisher diagonal, ``key``. The returned updates already include the learning rate
 (``-eta * direction``), like ``optax.sgd``.
 
-Linear solves are matrix-free: :func:`cg_solve` runs conjugate gradient in a ``lax.while_loop`` on the
-minibatch Fisher-vector product :func:`batch_fisher_operator` (one ``jax.linearize`` per step, then one
-JVP + one VJP per matvec), so a step costs ``1 + num_cg_iterations`` gradient-equivalents.
+Linear solves are matrix-free: :func:`losslab.curvature.cg_solve` runs conjugate gradient in a
+``lax.while_loop`` on the minibatch Fisher operator from the curvature registry
+(``make_operator("fisher", ..., linearize=True)``: one ``jax.linearize`` per step, then one JVP + one
+VJP per matvec), so a step costs ``1 + num_cg_iterations`` gradient-equivalents.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,12 +37,15 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from losslab import _display as fmt
-from losslab.curvature.operators import LinearOperator
+from losslab.curvature import solve
+from losslab.curvature.base import LinearOperator
+from losslab.curvature.operators import make_operator
+from losslab.curvature.solve import CGResult
 
 Array = jax.Array
 
-CURVATURES = ("fisher", "empirical")
+# NGD's curvature option -> the operator registry's name for that matrix.
+CURVATURES = {"fisher": "fisher", "empirical": "empirical_fisher"}
 
 # Levenberg-Marquardt rule of Martens (2010), sec. 4.1: shrink the damping when the quadratic model
 # predicts the loss change well (rho > 3/4), grow it when it does badly (rho < 1/4).
@@ -59,159 +64,48 @@ def _need(name: str, value, optimizer: str):
 
 
 # --------------------------------------------------------------------------
-# Conjugate gradient
+# Deprecated names (the solver and the operator moved to the curvature layer)
 
 
-class CGResult(NamedTuple):
-    """Outcome of :func:`cg_solve`.
+def cg_solve(op, b: Array, **options) -> CGResult:
+    """Deprecated: use :func:`losslab.curvature.cg_solve` with a PSD operator.
 
-    Attributes:
-      x: the approximate solution, shape ``(n,)``.
-      num_steps: CG iterations taken (each one matvec).
-      residual_norm: :math:`\\lVert b - (A + \\lambda I) x \\rVert_2` as tracked by the recursion.
-      converged: ``residual_norm <= tol * ||b||``.
-      num_matvecs: matvecs spent (``num_steps``, plus one for a non-zero start).
+    A bare matvec callable is still accepted (with a ``DeprecationWarning``) and treated as a
+    PSD operator.
     """
-
-    x: Array
-    num_steps: Array
-    residual_norm: Array
-    converged: Array
-    num_matvecs: Array
-
-    def __repr__(self) -> str:
-        return (
-            f"CGResult(converged={fmt.num(self.converged)} after {fmt.num(self.num_steps)} steps, "
-            f"residual_norm={fmt.num(self.residual_norm, 3)}, {fmt.num(self.num_matvecs)} matvecs, x {fmt.shape(self.x)})"
+    if not isinstance(op, LinearOperator):
+        warnings.warn(
+            "losslab.natural.cg_solve(matvec, ...) is deprecated; pass a PSD LinearOperator to "
+            "losslab.curvature.cg_solve",
+            DeprecationWarning,
+            stacklevel=2,
         )
-
-
-def cg_solve(
-    matvec: Callable[[Array], Array],
-    b: Array,
-    *,
-    damping: float | Array = 0.0,
-    x0: Array | None = None,
-    max_steps: int = 50,
-    tol: float = 1e-6,
-) -> CGResult:
-    r"""Solves :math:`(A + \lambda I)\, x = b` by conjugate gradient (Hestenes & Stiefel 1952).
-
-    ``A`` must be symmetric positive semi-definite (a Fisher, GGN or any PSD curvature operator).
-    The loop is a ``lax.while_loop``: it stops after ``max_steps`` iterations or once
-    :math:`\lVert r \rVert \le \mathrm{tol}\,\lVert b \rVert`, and never raises inside ``jit``;
-    read ``converged`` and ``residual_norm``. A direction with zero curvature (``pᵀAp = 0``, only
-    possible without damping on a singular ``A``) ends the loop with the current iterate.
-
-    Args:
-      matvec: ``v -> A v`` on flat vectors of shape ``(n,)``.
-      b: right-hand side, shape ``(n,)``.
-      damping: :math:`\lambda \ge 0` (Tikhonov damping), may be a traced scalar.
-      x0: warm start (zeros if None).
-      max_steps: iteration cap (static).
-      tol: relative residual tolerance.
-
-    Returns:
-      A :class:`CGResult`. Cost: ``num_steps`` matvecs (+1 with ``x0``).
-    """
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    damping = jnp.asarray(damping, b.dtype)
-
-    def op(v):
-        return matvec(v) + damping * v
-
-    if x0 is None:
-        x, r, extra = jnp.zeros_like(b), b, 0
-    else:
-        x, r, extra = x0, b - op(x0), 1
-    thresh = tol * jnp.linalg.norm(b)
-    rs = jnp.vdot(r, r)
-
-    def cond(carry):
-        _, _, _, rs, i, stalled = carry
-        return (i < max_steps) & (jnp.sqrt(rs) > thresh) & ~stalled
-
-    def body(carry):
-        x, r, p, rs, i, _ = carry
-        ap = op(p)
-        pap = jnp.vdot(p, ap)
-        ok = pap > 0
-        alpha = jnp.where(ok, rs / jnp.where(ok, pap, 1.0), 0.0)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_new = jnp.vdot(r, r)
-        p = r + (rs_new / jnp.where(rs > 0, rs, 1.0)) * p
-        return x, r, p, rs_new, i + 1, ~ok
-
-    x, r, _, rs, steps, _ = jax.lax.while_loop(cond, body, (x, r, r, rs, jnp.zeros((), jnp.int32), jnp.array(False)))
-    res = jnp.sqrt(rs)
-    return CGResult(x, steps, res, res <= thresh, steps + extra)
-
-
-# --------------------------------------------------------------------------
-# Minibatch Fisher operators (the optimizers' hot path)
+        b = jnp.asarray(b)
+        op = LinearOperator(op, int(b.shape[0]), b.dtype, True, True, name="matvec")
+    return solve.cg_solve(op, b, **options)
 
 
 def batch_fisher_operator(objective, params, batch, *, curvature: str = "fisher") -> LinearOperator:
-    r"""The Fisher of the mean loss on one minibatch, as a matrix-free operator.
+    """Deprecated: ``make_operator("fisher" | "empirical_fisher", objective, params, batch, linearize=True)``.
 
-    ``curvature="fisher"``: :math:`F v = \frac1B \sum_i J_i^\top \Lambda_i J_i v` with
-    :math:`\Lambda_i` from ``objective.loss_fn.require_likelihood().fisher_matvec`` (= GGN for
-    cross-entropy and MSE). ``curvature="empirical"``: :math:`\tilde F v = \frac1B G^\top G v`
-    with :math:`G` the ``(B, n)`` matrix of per-example gradients (Kunstner et al. 2019), applied as
-    a JVP then a VJP of the per-example loss vector, never materialised.
-
-    Returns a :class:`losslab.curvature.LinearOperator` (``psd=True``). Unlike
-    :func:`losslab.curvature.fisher_operator` (chunked over a dataset, for analysis) it linearises the
-    forward pass once (``jax.linearize``) and reuses it for every CG step: the optimizer's hot path.
-    Each matvec is one JVP + one VJP, about the cost of one gradient. Eval mode (no dropout, stored BatchNorm statistics); the
-    regularizers' curvature is not included (damping plays its role).
-
-    Args:
-      objective: the :class:`~losslab.Objective`.
-      params: the point θ (a params pytree).
-      batch: ``(x, y)`` with B rows.
-      curvature: "fisher" or "empirical".
-
-    Raises:
-      ValueError: unknown ``curvature``, or a loss without a likelihood for "fisher".
+    The Fisher (``curvature="fisher"``) or empirical Fisher (``"empirical"``) of the mean loss on
+    one minibatch, linearised once; see :func:`losslab.curvature.fisher_operator`.
     """
-    x, y = batch
-    n = x.shape[0]
-    flat, unravel = ravel_pytree(params)
-
-    def ravel(tree):
-        return ravel_pytree(tree)[0]
-
-    if curvature == "fisher":
-        lik = objective.loss_fn.require_likelihood()
-        out, jvp = jax.linearize(lambda p: objective.outputs(p, x), params)
-        vjp = jax.linear_transpose(jvp, params)
-
-        def matvec(v):
-            (g,) = vjp(lik.fisher_matvec(out, jvp(unravel(v))))
-            return ravel(g) / n
-
-    elif curvature == "empirical":
-        _, jvp = jax.linearize(lambda p: objective.per_example_loss(p, (x, y)), params)
-        vjp = jax.linear_transpose(jvp, params)
-
-        def matvec(v):
-            (g,) = vjp(jvp(unravel(v)))
-            return ravel(g) / n
-
-    else:
-        raise ValueError(f"unknown curvature {curvature!r}; valid: {', '.join(CURVATURES)}")
-    return LinearOperator(
-        matvec=matvec,
-        size=flat.size,
-        dtype=flat.dtype,
-        psd=True,
-        ravel=ravel,
-        unravel=unravel,
-        name=f"batch_{curvature}",
+    warnings.warn(
+        "batch_fisher_operator is deprecated; use losslab.curvature.make_operator(name, objective, params, batch, "
+        "linearize=True)",
+        DeprecationWarning,
+        stacklevel=2,
     )
+    return _minibatch_operator(objective, params, batch, curvature)
+
+
+def _minibatch_operator(objective, params, batch, curvature: str) -> LinearOperator:
+    """The NGD hot path: the registry's Fisher of the minibatch, linearised once when it is one chunk."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"unknown curvature {curvature!r}; valid: {', '.join(CURVATURES)}")
+    one_chunk = batch[0].shape[0] <= objective.chunk_size
+    return make_operator(CURVATURES[curvature], objective, params, batch, linearize=one_chunk)
 
 
 # --------------------------------------------------------------------------
@@ -327,11 +221,11 @@ def natural_gradient(
         _need("params", params, name)
         _need("objective", objective, name)
         _need("batch", batch, name)
-        op = batch_fisher_operator(objective, params, batch, curvature=curvature)
+        op = _minibatch_operator(objective, params, batch, curvature)
         g = op.ravel(updates)
         lam = state.damping.astype(g.dtype)
         x0 = warm_start * state.solution if warm_start > 0 else None
-        res = cg_solve(op.matvec, g, damping=lam, x0=x0, max_steps=max_cg_steps, tol=cg_tol)
+        res = solve.cg_solve(op, g, damping=lam, x0=x0, max_steps=max_cg_steps, tol=cg_tol)
         velocity = momentum * state.velocity + res.x if momentum else res.x
         lr = jnp.asarray(schedule(state.count), g.dtype)
         step = -lr * velocity

@@ -35,41 +35,63 @@ Batch = tuple[Array, Array]
 SPLITS = ("train", "val", "test")
 
 
-def chunked_sum(fn: Callable[[Array, Array, Array], Any], batch: Batch, chunk_size: int) -> Any:
-    """Sums ``fn(x_chunk, y_chunk, weights)`` over fixed-size chunks of a batch.
+def check_mesh(mesh, axis: str, chunk_size: int, n: int) -> None:
+    """Raises ``ValueError`` unless ``mesh`` (or None) has ``axis`` and a chunk of rows splits evenly over it."""
+    if mesh is None:
+        return
+    if axis not in mesh.axis_names:
+        raise ValueError(f"the mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
+    d = mesh.shape[axis]
+    c = min(chunk_size, n)
+    if c % d:
+        raise ValueError(f"the chunk of {c} rows does not split evenly over the {d} devices of mesh axis {axis!r}")
 
-    The batch is padded to a multiple of ``chunk_size`` with copies of its first
-    row and weight 0, and the chunks are visited by one ``lax.scan``, so memory
-    is bounded by one chunk and the sum is exact: ``fn`` must weight each
-    example's contribution by ``weights`` (1 for real rows, 0 for padding).
+
+def chunked_sum(fn: Callable[[Any, Array], Any], rows, chunk_size: int, *, mesh=None, axis: str = "data") -> Any:
+    """Sums ``fn(rows_chunk, weights)`` over fixed-size chunks of ``rows`` in one ``lax.scan``.
+
+    ``rows`` is a pytree of arrays sharing the leading dimension N (e.g. ``(x, y)``). The last
+    chunk is padded with copies of row 0 at weight 0, so the sum is exact provided ``fn``
+    weights each row's contribution by ``weights`` (1 for real rows, 0 for padding); memory is
+    bounded by one chunk. With a ``mesh`` each chunk's rows are sharded over ``axis`` (the
+    chunk must split evenly; see :func:`check_mesh`) and XLA inserts the reduction.
 
     Args:
-      fn: ``(x, y, weights) -> pytree`` for one chunk.
-      batch: ``(x, y)`` with leading dimension n.
-      chunk_size: rows per chunk; a batch no larger than this is one call.
+      fn: ``(rows_chunk, weights) -> pytree`` for one chunk of at most ``chunk_size`` rows.
+      rows: pytree of ``(N, ...)`` arrays.
+      chunk_size: rows per chunk; N no larger than this is one call (no scan).
+      mesh, axis: optional ``jax.sharding.Mesh`` and the axis that splits the rows.
 
     Returns:
       The pytree sum over all chunks.
     """
-    x, y = batch
-    n = x.shape[0]
-    if n <= chunk_size:
-        return fn(x, y, jnp.ones((n,), x.dtype))
+    n = jax.tree.leaves(rows)[0].shape[0]
+    chunk_size = min(chunk_size, n)
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n
+    dtype = jnp.result_type(
+        *[a.dtype for a in jax.tree.leaves(rows) if jnp.issubdtype(a.dtype, jnp.floating)] or [float]
+    )
 
     def prepare(a):
         a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
         return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
-    weights = jnp.concatenate([jnp.ones((n,), x.dtype), jnp.zeros((pad,), x.dtype)]).reshape(num_chunks, chunk_size)
-    xs, ys = prepare(x), prepare(y)
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, xs[0], ys[0], weights[0]))
+    weights = jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((pad,), dtype)]).reshape(num_chunks, chunk_size)
+    chunks = jax.tree.map(prepare, rows)
+    if mesh is not None:
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, axis))
+        chunks, weights = jax.lax.with_sharding_constraint((chunks, weights), sharding)
+    if num_chunks == 1:
+        return fn(jax.tree.map(lambda a: a[0], chunks), weights[0])
+    first = jax.tree.map(lambda a: a[0], chunks)
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first, weights[0]))
 
     def body(acc, chunk):
-        return jax.tree.map(jnp.add, acc, fn(*chunk)), None
+        r, w = chunk
+        return jax.tree.map(jnp.add, acc, fn(r, w)), None
 
-    total, _ = jax.lax.scan(body, init, (xs, ys, weights))
+    total, _ = jax.lax.scan(body, init, (chunks, weights))
     return total
 
 
@@ -168,12 +190,14 @@ class Objective:
             state = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
         self.params = params
         self.state = state
+        self.param_offset = None
+        self.param_scale = None
         self._check_model()
 
     # -- pytree protocol ---------------------------------------------------
     def tree_flatten(self):
         """Pytree protocol: params, state and data are leaves; the model graph, loss and sizes are static."""
-        children = (self.params, self.state, self.data)
+        children = (self.params, self.state, self.data, self.param_offset, self.param_scale)
         aux = (self.graphdef, self.loss_fn, self.regularizers, self.chunk_size, self.task, self.num_classes, self.name)
         return children, aux
 
@@ -181,7 +205,7 @@ class Objective:
     def tree_unflatten(cls, aux, children):
         """Pytree protocol: rebuilds an Objective from :meth:`tree_flatten`'s output."""
         obj = object.__new__(cls)
-        obj.params, obj.state, obj.data = children
+        obj.params, obj.state, obj.data, obj.param_offset, obj.param_scale = children
         (obj.graphdef, obj.loss_fn, obj.regularizers, obj.chunk_size, obj.task, obj.num_classes, obj.name) = aux
         return obj
 
@@ -243,10 +267,46 @@ class Objective:
             raise ValueError(f"unknown or empty split {split!r}; available: {sorted(self.data)}")
         return self.data[split]
 
-    def apply(self, params, x: Array, *, state=None, train: bool = False, key=None):
-        """Model outputs ``f_θ(x)``. With ``train=True`` returns ``(outputs, new_state)``."""
+    def affine(self, offset, scale) -> Objective:
+        r"""The same objective as a function of ``p`` with :math:`\theta = \text{offset} + \text{scale}\cdot p`.
+
+        Every pure function of the result (loss, outputs, curvature, optimizer steps) sees ``p``;
+        the model is evaluated at θ. ``offset`` is a params pytree and ``scale`` a scalar (both may
+        be traced), e.g. the quadratic Bezier curve
+        :math:`(1-t)^2\theta_a + 2t(1-t)\,p + t^2\theta_b` as a function of its control point p.
+        The layer tap scales its output perturbation by ``scale`` so that recorded gradients
+        (K-FAC, backprop diagonals) are with respect to ``p``. Regularizers apply to θ.
+        """
+        if self.param_offset is not None:
+            raise ValueError("the objective is already affinely reparametrised; compose the two maps into one")
+        new = self.replace()
+        new.param_offset = offset
+        new.param_scale = jnp.asarray(scale)
+        return new
+
+    def effective_params(self, params):
+        """The params the model is evaluated at: ``params``, or ``offset + scale·params`` after :meth:`affine`."""
+        if self.param_offset is None:
+            return params
+        scale = self.param_scale
+        return jax.tree.map(lambda o, p: o + scale.astype(p.dtype) * p, self.param_offset, params)
+
+    def module(self, params=None, state=None) -> nnx.Module:
+        """A fresh NNX module merged from ``(params, state)`` (defaults: the objective's own)."""
+        params = self.params if params is None else self.effective_params(params)
         state = self.state if state is None else state
-        model = nnx.merge(self.graphdef, params, state)
+        return nnx.merge(self.graphdef, params, state)
+
+    def apply(self, params, x: Array, *, state=None, train: bool = False, key=None, module_hook=None):
+        """Model outputs ``f_θ(x)``. With ``train=True`` returns ``(outputs, new_state)``.
+
+        ``module_hook(module)``, if given, is called on the freshly merged module before it runs
+        (the layer tap, :mod:`losslab.layers`, switches layers to recording ones there).
+        """
+        state = self.state if state is None else state
+        model = nnx.merge(self.graphdef, self.effective_params(params), state)
+        if module_hook is not None:
+            module_hook(model)
         if not train:
             return _call_model(model, x, False, None)
         out = _call_model(model, x, True, key)
@@ -268,6 +328,7 @@ class Objective:
 
     def regularization(self, params) -> Array:
         """The sum of the regularizers R(θ) (0 without regularizers)."""
+        params = self.effective_params(params)
         total = jnp.zeros((), jax.tree.leaves(params)[0].dtype)
         for reg in self.regularizers:
             total = total + reg(params)
@@ -276,7 +337,8 @@ class Objective:
     def _sums(self, params, batch: Batch):
         """(sum of losses, number correct) over a batch, chunked."""
 
-        def fn(x, y, w):
+        def fn(rows, w):
+            x, y = rows
             out = self.outputs(params, x)
             lossv = jnp.sum(w * self.loss_fn(out, y))
             if self.task == "classification":
@@ -323,7 +385,7 @@ class Objective:
     def __repr__(self) -> str:
         regs = f", regularizers={list(self.regularizers)}" if self.regularizers else ""
         return (
-            f"Objective({type(nnx.merge(self.graphdef, self.params, self.state)).__name__}, "
+            f"Objective({type(self.module()).__name__}, "
             f"loss={self.loss_fn}, data={self.name!r} n_train={self.num_examples()}, "
             f"params={self.num_params}{regs})"
         )

@@ -17,10 +17,13 @@ epochs without recompiling.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
+from losslab import kfac, natural
 from losslab.registry import lookup
 
 
@@ -81,23 +84,6 @@ def sam(learning_rate, *, rho: float = 0.05, base: str = "sgd", **options):
     return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
-def _natural(name):
-    """A factory that imports losslab.natural / losslab.kfac only when the optimizer is built."""
-
-    def factory(learning_rate, **options):
-        from losslab import kfac, natural
-
-        return {
-            "ngd": natural.ngd,
-            "ngd_empirical": natural.ngd_empirical,
-            "diag_fisher": natural.diag_fisher,
-            "kfac": kfac.kfac,
-        }[name](learning_rate, **options)
-
-    factory.__doc__ = f"Natural-gradient optimizer {name!r}; see losslab.natural / losslab.kfac."
-    return factory
-
-
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "sgd": sgd,
     "momentum": momentum,
@@ -106,7 +92,10 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "adamw": adamw,
     "rmsprop": rmsprop,
     "sam": sam,
-    **{name: _natural(name) for name in ("ngd", "ngd_empirical", "kfac", "diag_fisher")},
+    "ngd": natural.ngd,
+    "ngd_empirical": natural.ngd_empirical,
+    "kfac": kfac.kfac,
+    "diag_fisher": natural.diag_fisher,
 }
 
 
@@ -188,3 +177,59 @@ def set_lr_scale(opt_state, value: float):
     hyper = dict(last.hyperparams)
     hyper["step_size"] = jnp.asarray(value, hyper["step_size"].dtype)
     return (*opt_state[:-1], last._replace(hyperparams=hyper))
+
+
+# --------------------------------------------------------------------------
+# The one optimizer step
+
+
+class StepResult(NamedTuple):
+    """What :func:`step` returns: new params, BatchNorm state, optimizer state, and the minibatch loss."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    loss: jax.Array
+
+
+def step(tx, objective, params, state, opt_state, batch, key) -> StepResult:
+    r"""One optimizer step on the train-mode minibatch objective: the only place losslab calls ``tx.update``.
+
+    Computes :math:`L_B(\theta)` and :math:`\nabla L_B(\theta)` on ``batch`` in train mode (dropout
+    with ``key``, BatchNorm batch statistics from ``state``) and applies ``tx``, passing every extra
+    argument an optimizer of :data:`OPTIMIZERS` may need: ``value``, ``grad_fn`` (SAM), ``batch``,
+    ``key`` and ``objective`` (natural gradient, K-FAC; with the step's BatchNorm state). The
+    training engine and the Bezier-curve fit (:func:`losslab.surface.bezier_curve`, through an
+    affinely reparametrised objective) both step through here, so every optimizer works in both.
+
+    Args:
+      tx: an optimizer from :func:`create` (or any ``GradientTransformationExtraArgs``).
+      objective: the :class:`~losslab.Objective` whose ``train_loss`` is minimised.
+      params, state, opt_state: the current point, its non-trainable state and ``tx``'s state.
+      batch: the ``(x, y)`` minibatch.
+      key: PRNG key for dropout and sampling optimizers.
+
+    Returns:
+      A :class:`StepResult`. Cost: one gradient plus what ``tx`` spends (SAM: one more gradient;
+      NGD: its CG matvecs).
+    """
+
+    def loss_fn(p):
+        return objective.train_loss(p, state, batch, key)
+
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    def grad_fn(p, _=None):
+        return jax.grad(lambda q: loss_fn(q)[0])(p)
+
+    updates, opt_state = tx.update(
+        grads,
+        opt_state,
+        params,
+        value=loss,
+        grad_fn=grad_fn,
+        batch=batch,
+        key=key,
+        objective=objective.replace(state=state),
+    )
+    return StepResult(optax.apply_updates(params, updates), new_state, opt_state, loss)

@@ -28,7 +28,12 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import flax
+import jax
 import numpy as np
+import optax
+
+from losslab.version import __version__
 
 CONFIG, METRICS, PROVENANCE, ARRAYS = "config.json", "metrics.json", "provenance.json", "arrays.npz"
 
@@ -92,12 +97,6 @@ def _git_commit() -> str | None:
 
 def provenance(seed: int | None = None, wall_time: float | None = None, **extra) -> dict:
     """Package versions, backend, devices, seed, wall time and git commit of this process."""
-    import flax
-    import jax
-    import optax
-
-    from losslab import __version__
-
     return {
         "losslab": __version__,
         "jax": jax.__version__,

@@ -30,8 +30,8 @@ average_sharpness       E_{ε~N(0,σ²I)} L(θ+ε) − L(θ)                    
 average_sharpness_mag   E_{ε~N(0,σ²diag((|θ|+η)²))} L(θ+ε) − L(θ)                   Jiang 2020
 pacbayes_flatness       1/σ*², σ* the largest σ with E L̂(θ+σz) − L̂(θ) ≤ d           Jiang 2020
 pacbayes_flatness_mag   same with magnitude-aware noise                              Jiang 2020
-hessian_trace           tr ∇²L(θ) (Hutchinson)                                       Hutchinson 1989
-hessian_lambda_max      λ_max ∇²L(θ) (Lanczos)                                       Keskar 2017
+data_hessian_trace      tr ∇²L(θ), L the data loss (Hutchinson)                      Hutchinson 1989
+data_hessian_lambda_max λ_max ∇²L(θ), L the data loss (Lanczos)                      Keskar 2017
 fisher_rao_norm         θᵀ F θ                                                       Liang 2019
 l2_norm                 ‖θ‖₂                                                          Neyshabur 2017
 distance_from_init      ‖θ − θ₀‖₂                                                     Nagarajan 2019
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -61,8 +62,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from losslab import _display as fmt
+from losslab import display as fmt
+from losslab.curvature.eigen import top_eigenpairs
+from losslab.curvature.operators import make_operator
+from losslab.curvature.trace import hutchinson_trace
+from losslab.objective import chunked_sum
 from losslab.registry import lookup
+from losslab.trees import tree_axpy, tree_norm
 
 Array = jax.Array
 
@@ -128,17 +134,6 @@ class Measure:
 
 # ----------------------------------------------------------------------------
 # Helpers
-
-
-def _tree_axpy(a, x, y):
-    """y + a * x for pytrees (``a`` scalar or pytree)."""
-    if isinstance(a, (int, float)) or (hasattr(a, "ndim") and a.ndim == 0):
-        return jax.tree.map(lambda xi, yi: yi + a * xi, x, y)
-    return jax.tree.map(lambda ai, xi, yi: yi + ai * xi, a, x, y)
-
-
-def _tree_norm(t) -> Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(t)))
 
 
 def _tree_random(key, params, kind: str):
@@ -207,16 +202,16 @@ def _ascent(loss_fn, params, scale, key, rho, *, norm: str, num_steps: int, init
     kind = "normal" if norm == "l2" else "uniform"
     delta0 = _tree_random(key, params, kind)
     if norm == "l2":
-        delta0 = jax.tree.map(lambda d: d * (init_fraction * rho / (_tree_norm(delta0) + 1e-30)), delta0)
+        delta0 = jax.tree.map(lambda d: d * (init_fraction * rho / (tree_norm(delta0) + 1e-30)), delta0)
     else:
         delta0 = jax.tree.map(lambda d: d * init_fraction * rho, delta0)
 
     def perturbed(delta):
-        return loss_fn(_tree_axpy(scale, delta, params))
+        return loss_fn(tree_axpy(scale, delta, params))
 
     def project(delta):
         if norm == "l2":
-            factor = jnp.minimum(1.0, rho / (_tree_norm(delta) + 1e-30))
+            factor = jnp.minimum(1.0, rho / (tree_norm(delta) + 1e-30))
             return jax.tree.map(lambda d: d * factor, delta)
         return jax.tree.map(lambda d: jnp.clip(d, -rho, rho), delta)
 
@@ -225,11 +220,11 @@ def _ascent(loss_fn, params, scale, key, rho, *, norm: str, num_steps: int, init
         value, g = jax.value_and_grad(perturbed)(delta)
         best = jnp.maximum(best, value)
         if norm == "l2":
-            gn = _tree_norm(g)
+            gn = tree_norm(g)
             direction = jax.tree.map(lambda v: v / (gn + 1e-30), g)
         else:
             direction = jax.tree.map(jnp.sign, g)
-        return (project(_tree_axpy(rho, direction, delta)), best), None
+        return (project(tree_axpy(rho, direction, delta)), best), None
 
     dtype = jax.tree.leaves(params)[0].dtype
     (delta, best), _ = jax.lax.scan(step, (delta0, jnp.asarray(-jnp.inf, dtype)), None, length=num_steps)
@@ -383,7 +378,7 @@ def _noise_deviations(objective, params, batch, key, sigma, eta, adaptive, *, nu
     def one(k):
         z = _tree_random(k, params, "normal")
         eps = jax.tree.map(lambda t, zi: sigma * t * zi, scale, z)
-        return 0.5 * (fn(_tree_axpy(1.0, eps, params)) + fn(_tree_axpy(-1.0, eps, params))) - base
+        return 0.5 * (fn(tree_axpy(1.0, eps, params)) + fn(tree_axpy(-1.0, eps, params))) - base
 
     return jax.lax.map(one, keys), base
 
@@ -505,37 +500,38 @@ def pacbayes_flatness(
 
 @partial(jax.jit, static_argnames=("num_probes",))
 def _trace_kernel(objective, params, batch, key, *, num_probes):
-    from losslab import curvature
-
-    op = curvature.hessian_operator(objective, params, batch, include_regularizer=False)
-    res = curvature.hutchinson_trace(op, key, num_probes=num_probes)
+    op = make_operator("hessian", objective, params, batch, include_regularizer=False)
+    res = hutchinson_trace(op, key, num_probes=num_probes)
     return res.estimate, res.std_error
 
 
 @partial(jax.jit, static_argnames=("num_steps",))
 def _lambda_max_kernel(objective, params, batch, key, *, num_steps):
-    from losslab import curvature
-
-    op = curvature.hessian_operator(objective, params, batch, include_regularizer=False)
-    res = curvature.top_eigenpairs(op, key, k=1, num_steps=num_steps)
+    op = make_operator("hessian", objective, params, batch, include_regularizer=False)
+    res = top_eigenpairs(op, key, k=1, num_steps=num_steps)
     return res.eigenvalues[0], res.residuals[0]
 
 
-def hessian_trace(objective, params, key, *, num_probes: int = 50, batch=None) -> MeasureResult:
-    r"""Trace of the data-loss Hessian :math:`\operatorname{tr} \nabla^2 L(\theta)` by Hutchinson's estimator.
+def data_hessian_trace(objective, params, key, *, num_probes: int = 50, batch=None) -> MeasureResult:
+    r"""Trace of the *data-loss* Hessian :math:`\operatorname{tr} \nabla^2 \tfrac1n\sum_i \ell_i(\theta)` (Hutchinson).
 
-    Rademacher probes (Hutchinson 1989), via :func:`losslab.curvature.hutchinson_trace` on
-    :func:`losslab.curvature.hessian_operator` (regularizers excluded). Not invariant to
-    rescaling (Dinh et al. 2017). Cost: ``num_probes`` Hessian-vector products.
+    Regularizers are excluded: this is the curvature of the fit, the quantity sharpness studies
+    compare. :func:`losslab.curvature.hessian_trace` (the one-liner) is the trace of the Hessian of
+    the training objective *including* regularizers; the two agree when there are none.
+    Rademacher probes (Hutchinson 1989), via :func:`losslab.curvature.hutchinson_trace` on the
+    registry's ``"hessian"`` operator with ``include_regularizer=False``. Not invariant to rescaling
+    (Dinh et al. 2017). Cost: ``num_probes`` Hessian-vector products.
     """
     num_probes = _count("num_probes", num_probes, 2)
     est, se = _trace_kernel(objective, params, _batch(objective, batch), key, num_probes=num_probes)
     return MeasureResult(_float(est), _float(se), {"num_probes": num_probes})
 
 
-def hessian_lambda_max(objective, params, key, *, num_steps: int = 20, batch=None) -> MeasureResult:
-    r"""Largest Hessian eigenvalue :math:`\lambda_{\max}(\nabla^2 L(\theta))` by Lanczos.
+def data_hessian_lambda_max(objective, params, key, *, num_steps: int = 20, batch=None) -> MeasureResult:
+    r"""Largest eigenvalue of the *data-loss* Hessian :math:`\lambda_{\max}(\nabla^2 \tfrac1n\sum_i\ell_i)` by Lanczos.
 
+    Regularizers are excluded (compare :func:`losslab.curvature.hessian_eigenvalues`, which
+    includes them; the two agree when there are none).
     Full reorthogonalisation (:func:`losslab.curvature.top_eigenpairs`, k = 1); the Ritz
     residual :math:`\lVert Hu - \lambda u\rVert` is reported in ``info``. Keskar et al. 2017
     relate it to ε-sharpness; Cohen et al. 2021 to the edge of stability. Cost: ``num_steps``
@@ -550,9 +546,8 @@ def hessian_lambda_max(objective, params, key, *, num_steps: int = 20, batch=Non
 
 @jax.jit
 def _directional_sq(objective, params, batch):
-    from losslab.objective import chunked_sum
-
-    def fn(x, y, w):
+    def fn(rows, w):
+        x, y = rows
         g = lambda p: objective.loss_fn(objective.outputs(p, x), y)
         _, d = jax.jvp(g, (params,), (params,))
         return jnp.sum(w * d**2)
@@ -562,9 +557,7 @@ def _directional_sq(objective, params, batch):
 
 @jax.jit
 def _fisher_quadratic(objective, params, batch):
-    from losslab import curvature
-
-    op = curvature.fisher_operator(objective, params, batch)
+    op = make_operator("fisher", objective, params, batch)
     v = op.ravel(params)
     return jnp.vdot(v, op.matvec(v))
 
@@ -595,7 +588,7 @@ def fisher_rao_norm(objective, params, key=None, *, fisher: str = "empirical", b
 
 def l2_norm(objective, params, key=None) -> MeasureResult:
     r"""Parameter norm :math:`\lVert\theta\rVert_2` over all parameters (Neyshabur et al. 2017)."""
-    return MeasureResult(_float(_tree_norm(params)), None, {})
+    return MeasureResult(_float(tree_norm(params)), None, {})
 
 
 def distance_from_init(objective, params, key=None, *, init_params=None) -> MeasureResult:
@@ -609,7 +602,7 @@ def distance_from_init(objective, params, key=None, *, init_params=None) -> Meas
     if jax.tree.structure(init_params) != jax.tree.structure(params):
         raise ValueError("init_params must have the same pytree structure as params")
     diff = jax.tree.map(lambda a, b: a - b, params, init_params)
-    return MeasureResult(_float(_tree_norm(diff)), None, {})
+    return MeasureResult(_float(tree_norm(diff)), None, {})
 
 
 def _is_kernel(path, leaf) -> bool:
@@ -720,8 +713,8 @@ MEASURES: dict[str, Measure] = {
         Measure("pacbayes_flatness", pacbayes_flatness, (), True, "PAC-Bayes flatness 1/σ²"),
         Measure("pacbayes_flatness_mag", _preset(pacbayes_flatness, adaptive=True), RESCALING, True,
                 "PAC-Bayes flatness 1/σ², magnitude-aware"),
-        Measure("hessian_trace", hessian_trace, (), True, "Hessian trace"),
-        Measure("hessian_lambda_max", hessian_lambda_max, (), True, "Hessian λ_max"),
+        Measure("data_hessian_trace", data_hessian_trace, (), True, "data-loss Hessian trace"),
+        Measure("data_hessian_lambda_max", data_hessian_lambda_max, (), True, "data-loss Hessian λ_max"),
         Measure("fisher_rao_norm", fisher_rao_norm, RESCALING, False, "Fisher–Rao norm²"),
         Measure("l2_norm", l2_norm, (), False, "parameter L2 norm"),
         Measure("distance_from_init", distance_from_init, (), False, "distance from initialisation"),
@@ -733,9 +726,38 @@ MEASURES: dict[str, Measure] = {
 }
 
 
+# Old measure names (they read like the curvature one-liners, which include regularizers).
+DEPRECATED_NAMES = {"hessian_trace": "data_hessian_trace", "hessian_lambda_max": "data_hessian_lambda_max"}
+
+
 def get(name: str) -> Measure:
-    """The :class:`Measure` called ``name``; raises ``ValueError`` listing the valid names."""
+    """The :class:`Measure` called ``name``; raises ``ValueError`` listing the valid names.
+
+    The deprecated names of :data:`DEPRECATED_NAMES` still resolve, with a ``DeprecationWarning``.
+    """
+    if name in DEPRECATED_NAMES:
+        warnings.warn(
+            f"the sharpness measure {name!r} is now {DEPRECATED_NAMES[name]!r} (the data-loss Hessian; "
+            "losslab.curvature's one-liners include regularizers)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        name = DEPRECATED_NAMES[name]
     return lookup(MEASURES, name, "measure")
+
+
+def hessian_trace(objective, params, key, **options) -> MeasureResult:
+    """Deprecated name of :func:`data_hessian_trace` (warns)."""
+    warnings.warn("sharpness.hessian_trace is now sharpness.data_hessian_trace", DeprecationWarning, stacklevel=2)
+    return data_hessian_trace(objective, params, key, **options)
+
+
+def hessian_lambda_max(objective, params, key, **options) -> MeasureResult:
+    """Deprecated name of :func:`data_hessian_lambda_max` (warns)."""
+    warnings.warn(
+        "sharpness.hessian_lambda_max is now sharpness.data_hessian_lambda_max", DeprecationWarning, stacklevel=2
+    )
+    return data_hessian_lambda_max(objective, params, key, **options)
 
 
 def compute(name: str, objective, params, key=None, **options) -> MeasureResult:
@@ -768,6 +790,8 @@ __all__ = [
     "MeasureResult",
     "average_sharpness",
     "compute",
+    "data_hessian_lambda_max",
+    "data_hessian_trace",
     "distance_from_init",
     "epsilon_sharpness",
     "fisher_rao_norm",

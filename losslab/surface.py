@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from losslab import _display as fmt
+from losslab import display as fmt
 from losslab import optim
-from losslab.directions import _check_same_structure
+from losslab.trees import check_same_structure, tree_sub, tree_vdot
 
 Array = jax.Array
 PyTree = Any
@@ -257,7 +257,7 @@ def evaluate_points(
     if not directions:
         raise ValueError("need at least one direction")
     for d in directions:
-        _check_same_structure(origin, d, "evaluate_points(origin, direction)")
+        check_same_structure(origin, d, "evaluate_points(origin, direction)")
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] != len(directions):
         raise ValueError(f"coords must have shape (P, {len(directions)}), got {coords.shape}")
@@ -471,7 +471,7 @@ def linear_barrier(
     metrics = _check_metrics(objective, metrics)
     if metric not in metrics:
         metrics = (metric, *metrics)
-    _check_same_structure(params_a, params_b, "linear_barrier")
+    check_same_structure(params_a, params_b, "linear_barrier")
     t = np.linspace(0.0, 1.0, num_points)
     direction = jax.tree.map(jnp.subtract, params_b, params_a)
     values = evaluate_points(objective, params_a, (direction,), t[:, None], metrics=metrics, **kwargs)
@@ -491,32 +491,33 @@ def _optimizer(name: str, learning_rate: float, num_steps: int):
     return optim.create(name, learning_rate, total_steps=num_steps)[0]
 
 
+def bezier_objective(objective, params_a: PyTree, params_b: PyTree, t):
+    r"""The objective as a function of the control point at curve position ``t``.
+
+    :math:`\phi(t) = (1-t)^2\theta_a + t^2\theta_b + 2t(1-t)\,\theta_c` is affine in
+    :math:`\theta_c` (:meth:`~losslab.Objective.affine`), so every optimizer, natural-gradient
+    and K-FAC included, sees the curve's own Fisher and layer gradients.
+    """
+    t = jnp.asarray(t)
+    offset = jax.tree.map(lambda a, b: ((1 - t) ** 2).astype(a.dtype) * a + (t**2).astype(b.dtype) * b, params_a, params_b)
+    return objective.affine(offset, 2 * t * (1 - t))
+
+
 @functools.partial(jax.jit, static_argnames=("tx", "num_steps", "batch_size"))
 def _train_bezier(objective, params_a, params_b, control, key, *, tx, num_steps, batch_size):
     x, y = objective.batch("train")
     n = x.shape[0]
 
-    def loss_fn(ctrl, t, batch, k):
-        point = bezier_point(params_a, ctrl, params_b, t.astype(x.dtype))
-        loss, _ = objective.train_loss(point, objective.state, batch, k)
-        return loss
-
-    def step(carry, k):
+    def body(carry, k):
         ctrl, opt_state = carry
         kt, kb, kd = jax.random.split(k, 3)
-        t = jax.random.uniform(kt, ())
+        t = jax.random.uniform(kt, (), x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
         idx = jax.random.randint(kb, (batch_size,), 0, n)
-        batch = (x[idx], y[idx])
-        value, grads = jax.value_and_grad(loss_fn)(ctrl, t, batch, kd)
+        curve = bezier_objective(objective, params_a, params_b, t)
+        ctrl, _, opt_state, loss = optim.step(tx, curve, ctrl, objective.state, opt_state, (x[idx], y[idx]), kd)
+        return (ctrl, opt_state), loss
 
-        def grad_fn(p, _=None):
-            return jax.grad(loss_fn)(p, t, batch, kd)
-
-        updates, opt_state = tx.update(grads, opt_state, ctrl, grad_fn=grad_fn, value=value, batch=batch, key=kd)
-        ctrl = jax.tree.map(jnp.add, ctrl, updates)
-        return (ctrl, opt_state), value
-
-    (control, _), losses = jax.lax.scan(step, (control, tx.init(control)), jax.random.split(key, num_steps))
+    (control, _), losses = jax.lax.scan(body, (control, tx.init(control)), jax.random.split(key, num_steps))
     return control, losses
 
 
@@ -542,7 +543,9 @@ def bezier_curve(
     :math:`\mathbb E_{t \sim U(0,1)} L(\phi(t))`: each of ``num_steps`` steps draws one
     ``t`` and a minibatch of ``batch_size`` rows (with replacement) and takes an
     optimizer step on the train-mode minibatch loss (BatchNorm batch statistics, as in
-    Garipov et al.), all inside one ``lax.scan``. The endpoints stay fixed. The trained
+    Garipov et al.), all inside one ``lax.scan``; each step is :func:`losslab.optim.step` on
+    :func:`bezier_objective`, so any optimizer of :data:`losslab.optim.OPTIMIZERS` works. The
+    endpoints stay fixed. The trained
     curve is then evaluated at ``num_points`` values of t in [0, 1] (see
     :func:`evaluate_points`, which receives the other keyword arguments; use
     ``batch_norm="recompute"`` for BatchNorm models).
@@ -565,7 +568,7 @@ def bezier_curve(
     Returns:
       A :class:`PathResult` with ``control`` and ``train_losses`` set.
     """
-    _check_same_structure(params_a, params_b, "bezier_curve")
+    check_same_structure(params_a, params_b, "bezier_curve")
     if num_steps < 1 or batch_size < 1 or num_points < 2:
         raise ValueError(
             f"need num_steps >= 1, batch_size >= 1, num_points >= 2; got {num_steps}, {batch_size}, {num_points}"
@@ -592,8 +595,6 @@ def project_to_plane(params_list: Sequence[PyTree], origin: PyTree, d1: PyTree, 
     :math:`\theta_0 + x d_1 + y d_2` (solves the 2x2 normal equations, so d1, d2 need not
     be orthogonal). Returns ``(len(params_list), 2)``.
     """
-    from losslab.directions import tree_sub, tree_vdot
-
     gram = np.array(
         [[float(tree_vdot(d1, d1)), float(tree_vdot(d1, d2))], [float(tree_vdot(d2, d1)), float(tree_vdot(d2, d2))]]
     )
@@ -614,6 +615,7 @@ __all__ = [
     "PlaneSlice",
     "available_metrics",
     "bezier_curve",
+    "bezier_objective",
     "bezier_point",
     "default_metrics",
     "default_points_per_chunk",

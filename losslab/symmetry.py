@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losslab import _display as fmt
+from losslab import display as fmt
+from losslab import sharpness
 
 LAYER_GROUPS = ("convs", "layers", "fc", "head")
 _OTHER_GROUPS = ("norms",)
@@ -254,8 +255,6 @@ def compare_measures(
     Returns:
       ``{name: SymmetryReport}``.
     """
-    from losslab import sharpness
-
     names = list(sharpness.MEASURES) if names is None else list(names)
     options = dict(options or {})
     new_objective = objective if new_objective is None else new_objective

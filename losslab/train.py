@@ -1,16 +1,26 @@
-"""The one training engine: a jitted step for every optimizer, one compiled program per epoch.
+"""The one training engine: a small loop over one compiled program per epoch, calling rule and hook objects.
 
 :func:`train` runs an :class:`~losslab.Objective` with an optimizer from
 :mod:`losslab.optim`. Each epoch over the device-resident training set is a
-single ``lax.scan`` over minibatch steps (a seeded permutation per epoch), so
-the hot loop never returns to Python; after the scan the same compiled program
-evaluates the training and validation sets. Between epochs the host checks
-for divergence, early stopping, learning-rate plateaus, snapshots and
-checkpoints.
+single ``lax.scan`` over minibatch steps (a seeded permutation per epoch), each
+step the one optimizer step :func:`losslab.optim.step`, so the hot loop never
+returns to Python; after the scan the same compiled program evaluates the
+training and validation sets. Between epochs the engine records the history
+and calls its *hooks* in order: snapshots, early stopping, reduce-on-plateau,
+``stop_below``, checkpoints, the user callback. A hook is any object with
+``after_epoch(loop) -> None`` that reads and may change the :class:`Loop`
+(set ``loop.stop`` to end training, replace ``loop.opt_state``, keep
+``loop.best``); pass extra ones with ``hooks=``.
 
-Probes (:class:`Probe`) run every ``probe_every`` steps *inside* the compiled
-epoch (``lax.cond``) and may carry state from one call to the next (e.g. a
-warm-started top eigenvector for λ_max).
+Probes (:class:`losslab.probes.Probe`) run every ``probe_every`` steps *inside*
+the compiled epoch (``lax.cond``) and may carry state from one call to the next
+(e.g. a warm-started top eigenvector for λ_max).
+
+Training continues exactly where a previous call stopped: ``train(..., epochs=20,
+resume=result)`` takes that result's params, optimizer state, epoch, key and
+history, so one call of 20 epochs and two calls of 10 give bitwise-identical
+params on CPU (for schedules that do not depend on the horizon: constant,
+plateau; a cosine schedule spans the ``epochs`` of the call that builds it).
 
 Data parallelism: pass a ``jax.sharding.Mesh`` with a ``"data"`` axis; each
 minibatch is sharded along it and params are replicated (XLA inserts the
@@ -29,40 +39,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from losslab import _display as fmt
+from losslab import checkpoint as ckpt_lib
+from losslab import display as fmt
 from losslab import optim
 from losslab.objective import Objective
+from losslab.probes import Probe, grad_norm_probe
 
 
 class TrainingDivergedError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite; names the step and the config."""
-
-
-class Probe(NamedTuple):
-    """A measurement taken every k steps inside the compiled training loop.
-
-    Attributes:
-      init: ``(objective, params) -> state`` (any pytree, e.g. a warm-start vector).
-      fn: ``(objective, params, batch, state, key) -> (value, new_state)``;
-        ``value`` is a scalar or a flat dict of scalars; ``batch`` is the current minibatch
-        and ``objective`` carries the current BatchNorm statistics.
-    """
-
-    init: Callable[[Objective, Any], Any]
-    fn: Callable[..., tuple[Any, Any]]
-
-
-def grad_norm_probe(full_batch: bool = False) -> Probe:
-    r"""Probe of :math:`\lVert \nabla L(\theta) \rVert_2` on the minibatch (or the full training set)."""
-
-    def fn(obj, params, batch, state, key):
-        b = None if full_batch else batch
-        g = jax.grad(obj.loss)(params, b)
-        return optax.global_norm(g), state
-
-    return Probe(lambda obj, params: (), fn)
 
 
 @dataclasses.dataclass
@@ -133,7 +119,7 @@ class History:
 
 
 class TrainResult(NamedTuple):
-    """What :func:`train` returns.
+    """What :func:`train` returns; pass it as ``resume=`` to continue training.
 
     Attributes:
       params: final params (the best epoch's when early stopping restored them).
@@ -142,6 +128,9 @@ class TrainResult(NamedTuple):
       snapshots: list of ``(epoch, params)`` (host NumPy pytrees), epoch 0 = initial params,
         when ``snapshot_every > 0``.
       objective: the objective with its ``state`` set to the returned ``state``.
+      opt_state: the optimizer state after the last epoch (momentum, Adam moments, ...).
+      key: the PRNG key the next epoch would split.
+      epoch: the last epoch trained.
     """
 
     params: Any
@@ -149,6 +138,9 @@ class TrainResult(NamedTuple):
     history: History
     snapshots: list
     objective: Objective
+    opt_state: Any = None
+    key: Any = None
+    epoch: int = 0
 
     def _summary(self) -> str:
         num_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(self.params))
@@ -201,18 +193,44 @@ _EPOCH_CACHE: dict = {}
 def _cached_epoch(spec: tuple, tx, steps: int, batch_size: int, probes: tuple, probe_every: int, mesh):
     """The compiled epoch for a hashable optimizer/loop spec, reused across :func:`train` calls.
 
-    A sweep over seeds (or any config whose optimizer spec repeats) compiles once.
+    A sweep over seeds (or any config whose optimizer spec repeats) compiles once. A spec that
+    cannot be hashed (an unhashable optimizer option) is built afresh.
     """
-    try:
-        key = (spec, steps, batch_size, probes, probe_every, mesh)
-        hash(key)
-    except TypeError:
+    key = (spec, steps, batch_size, probes, probe_every, mesh)
+    if not _hashable(key):
         return _build_epoch(tx, steps, batch_size, probes, probe_every, mesh)
     if key not in _EPOCH_CACHE:
         if len(_EPOCH_CACHE) > 64:
             _EPOCH_CACHE.clear()
         _EPOCH_CACHE[key] = _build_epoch(tx, steps, batch_size, probes, probe_every, mesh)
     return _EPOCH_CACHE[key]
+
+
+def _hashable(value) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return all(_hashable(v) for v in value)
+    return getattr(type(value), "__hash__", None) is not None
+
+
+def _run_probes(probes, probe_states, due, pobj, params, batch, probe_key):
+    """Each probe under ``lax.cond(due, ...)``: its values (NaN when not due) and new states."""
+    outs, new_states = [], []
+    for probe, ps in zip(probes, probe_states):
+
+        def run(args, probe=probe):
+            ps_, key_ = args
+            val, ps2 = probe.fn(pobj, params, batch, ps_, key_)
+            return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), _flat_values(val)), ps2
+
+        shapes = jax.eval_shape(run, (ps, probe_key))
+
+        def skip(args, shapes=shapes):
+            return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes[0]), args[0]
+
+        val, ps = jax.lax.cond(due, run, skip, (ps, probe_key))
+        outs.append(val)
+        new_states.append(ps)
+    return tuple(outs), tuple(new_states)
 
 
 def _build_epoch(tx, steps: int, batch_size: int, probes: tuple, probe_every: int, mesh):
@@ -223,65 +241,26 @@ def _build_epoch(tx, steps: int, batch_size: int, probes: tuple, probe_every: in
 
     def epoch(obj: Objective, params, state, opt_state, probe_states, key, step0):
         x, y = obj.batch("train")
-        n = x.shape[0]
         perm_key, steps_key = jax.random.split(key)
-        idx = jax.random.permutation(perm_key, n)[: steps * batch_size].reshape(steps, batch_size)
-        step_keys = jax.random.split(steps_key, steps)
+        idx = jax.random.permutation(perm_key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
 
-        def step(carry, inp):
+        def body(carry, inp):
             params, state, opt_state, probe_states = carry
             b_idx, k, i = inp
             batch = (x[b_idx], y[b_idx])
             if data_sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, data_sharding)
             drop_key, probe_key = jax.random.split(k)
-
-            def loss_fn(p):
-                return obj.train_loss(p, state, batch, drop_key)
-
-            (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-            def grad_fn(p, _):
-                return jax.grad(lambda q: loss_fn(q)[0])(p)
-
-            updates, opt_state = tx.update(
-                grads,
-                opt_state,
-                params,
-                value=loss,
-                grad_fn=grad_fn,
-                batch=batch,
-                key=drop_key,
-                objective=obj.replace(state=state),
+            params, new_state, opt_state, loss = optim.step(tx, obj, params, state, opt_state, batch, drop_key)
+            due = (step0 + i + 1) % probe_every == 0
+            outs, probe_states = _run_probes(
+                probes, probe_states, due, obj.replace(state=new_state), params, batch, probe_key
             )
-            params = optax.apply_updates(params, updates)
-
-            outs = []
-            new_probe_states = []
-            for probe, ps in zip(probes, probe_states):
-                due = (step0 + i + 1) % probe_every == 0
-                pobj = obj.replace(state=new_state)
-
-                def run(args, probe=probe, pobj=pobj):
-                    ps_, key_ = args
-                    val, ps2 = probe.fn(pobj, params, batch, ps_, key_)
-                    return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), _flat_values(val)), ps2
-
-                shapes = jax.eval_shape(run, (ps, probe_key))
-
-                def skip(args, shapes=shapes):
-                    vals = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes[0])
-                    return vals, args[0]
-
-                val, ps = jax.lax.cond(due, run, skip, (ps, probe_key))
-                outs.append(val)
-                new_probe_states.append(ps)
-            return (params, new_state, opt_state, tuple(new_probe_states)), (loss, tuple(outs))
+            return (params, new_state, opt_state, probe_states), (loss, outs)
 
         carry = (params, state, opt_state, probe_states)
-        (params, state, opt_state, probe_states), (losses, probe_vals) = jax.lax.scan(
-            step, carry, (idx, step_keys, jnp.arange(steps))
-        )
+        inputs = (idx, jax.random.split(steps_key, steps), jnp.arange(steps))
+        (params, state, opt_state, probe_states), (losses, probe_vals) = jax.lax.scan(body, carry, inputs)
         return params, state, opt_state, probe_states, losses, probe_vals
 
     return jax.jit(epoch)
@@ -296,19 +275,301 @@ def _evaluate(obj: Objective, params, state):
 
 
 # ----------------------------------------------------------------------------
-# Host-side training loop
+# The loop state and the hooks
 
 
 _NO_EVAL = {"loss": float("nan"), "accuracy": float("nan")}
 
 
-def _first_nonfinite(losses: np.ndarray) -> int | None:
-    bad = np.flatnonzero(~np.isfinite(losses))
-    return int(bad[0]) if bad.size else None
+@dataclasses.dataclass
+class Loop:
+    """The host-side state the engine passes to every hook after each epoch.
+
+    Attributes:
+      objective: the (possibly mesh-replicated) objective.
+      params, state, opt_state, probe_states, key: the training state after ``epoch``.
+      epoch: the epoch just finished; steps: steps per epoch; epochs: the epoch cap.
+      evaluated: whether this epoch evaluated the training/validation sets.
+      history: the :class:`History` so far (this epoch included).
+      snapshots: ``(epoch, params)`` pairs kept so far.
+      best: ``(params, state)`` to return instead of the final ones (early stopping), or None.
+      stop: a non-empty reason ends training after this epoch.
+    """
+
+    objective: Objective
+    params: Any
+    state: Any
+    opt_state: Any
+    probe_states: Any
+    key: Any
+    epoch: int
+    steps: int
+    epochs: int
+    history: History
+    snapshots: list
+    evaluated: bool = False
+    best: tuple | None = None
+    stop: str = ""
 
 
 def _improved(value: float, best: float, min_delta: float) -> bool:
     return value < best - min_delta
+
+
+def monitor_name(monitor: str, objective: Objective) -> str:
+    """The :class:`History` field a rule monitors ("val_loss" falls back to "train_eval_loss" without val data)."""
+    if monitor == "val_loss" and "val" not in objective.data:
+        return "train_eval_loss"
+    if monitor not in {f.name for f in dataclasses.fields(History)}:
+        raise ValueError(f"unknown monitor {monitor!r}; use a History field such as val_loss, train_eval_loss")
+    return monitor
+
+
+class SnapshotHook:
+    """Keeps the params every ``every`` epochs (host copies) in ``loop.snapshots``."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def after_epoch(self, loop: Loop) -> None:
+        """Appends ``(epoch, params)`` on every ``every``-th epoch."""
+        if loop.epoch % self.every == 0:
+            loop.snapshots.append((loop.epoch, jax.device_get(loop.params)))
+
+
+class EarlyStoppingHook:
+    """The :class:`EarlyStopping` rule: stop after ``patience`` evaluated epochs without improvement."""
+
+    def __init__(self, rule: EarlyStopping, objective: Objective, history: History):
+        self.rule = rule
+        self.field = monitor_name(rule.monitor, objective)
+        self.best = math.inf
+        self.wait = 0
+        if history.best_epoch is not None:  # resumed: the best value so far is in the history
+            self.best = getattr(history, self.field)[history.best_epoch - 1]
+
+    def after_epoch(self, loop: Loop) -> None:
+        """Records a new best (and its weights) or counts the epoch; sets ``loop.stop`` at ``patience``."""
+        if not loop.evaluated:
+            return
+        value = getattr(loop.history, self.field)[-1]
+        if _improved(value, self.best, self.rule.min_delta):
+            self.best, self.wait, loop.history.best_epoch = value, 0, loop.epoch
+            if self.rule.restore_best:
+                loop.best = (loop.params, loop.state)
+        else:
+            self.wait += 1
+            if self.wait >= self.rule.patience:
+                loop.stop = f"early stopping: no improvement of {self.rule.monitor} for {self.wait} epochs"
+
+
+class PlateauHook:
+    """The :class:`ReduceOnPlateau` rule: scales the learning rate down in the optimizer state (no recompilation)."""
+
+    def __init__(self, rule: ReduceOnPlateau):
+        self.rule = rule
+        self.best, self.wait, self.cool = math.inf, 0, 0
+
+    def after_epoch(self, loop: Loop) -> None:
+        """Counts epochs without improvement of the validation (else training) loss; lowers the rate at ``patience``."""
+        if not loop.evaluated:
+            return
+        h = loop.history
+        value = h.val_loss[-1] if "val" in loop.objective.data else h.train_eval_loss[-1]
+        if self.cool > 0:
+            self.cool -= 1
+        elif _improved(value, self.best, self.rule.min_delta):
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.rule.patience:
+                new = max(optim.lr_scale(loop.opt_state) * self.rule.factor, self.rule.min_scale)
+                loop.opt_state = optim.set_lr_scale(loop.opt_state, new)
+                self.wait, self.cool = 0, self.rule.cooldown
+
+
+class StopBelowHook:
+    """Stops once the evaluated eval-mode training loss falls below ``threshold``."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def after_epoch(self, loop: Loop) -> None:
+        """Sets ``loop.stop`` when this epoch's training loss is below the threshold."""
+        loss = loop.history.train_eval_loss[-1]
+        if loop.evaluated and loss < self.threshold:
+            loop.stop = f"training loss {loss:.4g} below {self.threshold}"
+
+
+class CheckpointHook:
+    """Saves an orbax checkpoint every ``every`` epochs, on stopping and at the last epoch."""
+
+    def __init__(self, directory: str, every: int):
+        self.directory = directory
+        self.every = max(every, 1)
+
+    def tree(self, loop: Loop):
+        """The checkpointed pytree: params, state, optimizer state and probe states."""
+        return (loop.params, loop.state, loop.opt_state, loop.probe_states)
+
+    def after_epoch(self, loop: Loop) -> None:
+        """Saves the training state and the history/key sidecar when due."""
+        if loop.epoch % self.every == 0 or loop.stop or loop.epoch == loop.epochs:
+            meta = {"history": loop.history.as_dict(), "key": np.asarray(jax.random.key_data(loop.key)).tolist()}
+            ckpt_lib.save(self.directory, loop.epoch, self.tree(loop), meta)
+
+    def restore(self, loop: Loop) -> None:
+        """Resumes ``loop`` from the newest checkpoint in the folder, if there is one."""
+        restored = ckpt_lib.restore_latest(self.directory, self.tree(loop))
+        if restored is not None:
+            loop.epoch, (loop.params, loop.state, loop.opt_state, loop.probe_states), meta = restored
+            loop.history = History.from_dict(meta["history"])
+            loop.key = jax.random.wrap_key_data(jnp.asarray(meta["key"], jnp.uint32))
+
+
+class CallbackHook:
+    """Calls ``fn(epoch, history)`` after each epoch (progress bars) and, with ``verbose``, prints a line."""
+
+    def __init__(self, fn: Callable[[int, History], None] | None, verbose: bool):
+        self.fn = fn
+        self.verbose = verbose
+
+    def after_epoch(self, loop: Loop) -> None:
+        """Prints the epoch's line (``verbose``) and calls the user callback."""
+        h = loop.history
+        if self.verbose:
+            print(
+                f"epoch {loop.epoch:4d}  train {h.train_loss[-1]:.4f}  val {h.val_loss[-1]:.4f}  "
+                f"val acc {h.val_accuracy[-1]:.3f}  lr {h.learning_rate[-1]:.2e}"
+            )
+        if self.fn is not None:
+            self.fn(loop.epoch, h)
+
+
+# ----------------------------------------------------------------------------
+# The engine
+
+
+class _Run(NamedTuple):
+    """The static pieces of one :func:`train` call."""
+
+    config: dict
+    tx: Any
+    schedule: Callable[[int], float]
+    epoch_fn: Callable
+    names: tuple
+    eval_every: int
+
+
+def _validate(objective, n, batch_size, epochs, probes, probe_every, mesh, eval_every, rules, resume):
+    """Eager checks of :func:`train`'s arguments (before anything is compiled); returns the batch size."""
+    if not isinstance(objective, Objective):
+        raise TypeError(f"train needs a losslab.Objective, got {type(objective).__name__}")
+    batch_size = n if batch_size is None or batch_size >= n else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if probes and probe_every < 1:
+        raise ValueError("probes were given but probe_every < 1; set probe_every to the period in steps")
+    if mesh is not None:
+        if "data" not in mesh.axis_names:
+            raise ValueError(f"the mesh needs a 'data' axis, has {mesh.axis_names}")
+        if batch_size % mesh.shape["data"]:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.shape['data']} data devices")
+    if eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0, got {eval_every}")
+    if eval_every == 0 and any(r is not None for r in rules):
+        raise ValueError("early stopping, reduce-on-plateau and stop_below need evaluations: set eval_every >= 1")
+    if resume is not None:
+        if not isinstance(resume, TrainResult) or resume.opt_state is None:
+            raise ValueError("resume= takes the TrainResult of an earlier train() call")
+        if epochs <= resume.epoch:
+            raise ValueError(f"epochs={epochs} is the total to reach; the run to resume already has {resume.epoch}")
+    return batch_size
+
+
+def _start(objective, params, tx, probes, names, key, mesh, resume, snapshot_every, epochs, steps) -> Loop:
+    """The loop state at the first epoch: fresh, or continued from ``resume``."""
+    params = objective.params if params is None else params
+    state = objective.state
+    if mesh is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        objective, params, state = jax.device_put((objective, params, state), replicated)
+    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    opt_state = tx.init(params)
+    probe_states = tuple(probes[nm].init(objective, params) for nm in names)
+    loop = Loop(objective, params, state, opt_state, probe_states, key, 0, steps, epochs, History(probes={}), [])
+    if resume is not None:
+        if jax.tree.structure(resume.opt_state) != jax.tree.structure(opt_state):
+            raise ValueError("resume=: the optimizer state does not match this optimizer; resume with the same one")
+        loop.params, loop.state, loop.opt_state = resume.params, resume.state, resume.opt_state
+        loop.key, loop.epoch = resume.key, resume.epoch
+        loop.history = History.from_dict(resume.history.as_dict())
+        loop.snapshots = list(resume.snapshots)
+    elif snapshot_every:
+        loop.snapshots.append((0, jax.device_get(params)))
+    return loop
+
+
+def _record(loop: Loop, run: _Run, losses, probe_vals, evals, t0: float) -> None:
+    """Appends the epoch to the history; raises :class:`TrainingDivergedError` on a non-finite loss."""
+    epoch, steps, h = loop.epoch, loop.steps, loop.history
+    step0 = (epoch - 1) * steps
+    losses = np.asarray(losses)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise TrainingDivergedError(
+            f"training loss became {losses[bad[0]]} at step {step0 + bad[0] + 1} (epoch {epoch}, step {bad[0] + 1} "
+            f"of {steps}); the last finite parameters are those of epoch {epoch - 1}. Config: {run.config}"
+        )
+    train_eval, val_eval = evals
+    h.epoch.append(epoch)
+    h.step.append(epoch * steps)
+    h.train_loss.append(float(losses.mean()))
+    h.train_eval_loss.append(float(train_eval["loss"]))
+    h.train_accuracy.append(float(train_eval["accuracy"]))
+    h.val_loss.append(float(val_eval["loss"]) if val_eval is not None else float("nan"))
+    h.val_accuracy.append(float(val_eval["accuracy"]) if val_eval is not None else float("nan"))
+    h.learning_rate.append(float(run.schedule(epoch * steps - 1)) * optim.lr_scale(loop.opt_state))
+    h.wall_time.append(time.perf_counter() - t0)
+    for nm, vals in zip(run.names, probe_vals):
+        vals = {k: np.asarray(v) for k, v in vals.items()}
+        rows = np.flatnonzero(np.isfinite(next(iter(vals.values()))))
+        for sub, arr in vals.items():
+            rec = h.probes.setdefault(nm + (f"/{sub}" if sub else ""), {"step": [], "value": []})
+            rec["step"].extend(int(step0 + r + 1) for r in rows)
+            rec["value"].extend(float(arr[r]) for r in rows)
+    if loop.evaluated and not math.isfinite(h.train_eval_loss[-1]):
+        raise TrainingDivergedError(
+            f"eval-mode training loss became {h.train_eval_loss[-1]} after epoch {epoch} "
+            f"(step {epoch * steps}). Config: {run.config}"
+        )
+
+
+def _run_epoch(loop: Loop, run: _Run) -> tuple:
+    """Runs one compiled epoch and (when due) the evaluation; updates ``loop``; returns losses, probes, evals."""
+    loop.epoch += 1
+    loop.key, ekey = jax.random.split(loop.key)
+    step0 = (loop.epoch - 1) * loop.steps
+    out = run.epoch_fn(loop.objective, loop.params, loop.state, loop.opt_state, loop.probe_states, ekey, step0)
+    loop.params, loop.state, loop.opt_state, loop.probe_states, losses, probe_vals = out
+    loop.evaluated = run.eval_every > 0 and (loop.epoch % run.eval_every == 0 or loop.epoch == loop.epochs)
+    evals = _evaluate(loop.objective, loop.params, loop.state) if loop.evaluated else (_NO_EVAL, None)
+    return losses, probe_vals, evals
+
+
+def _finish(loop: Loop, restore_best: bool) -> TrainResult:
+    h = loop.history
+    h.stopped_epoch = h.epoch[-1] if h.epoch else loop.epoch
+    if loop.stop:
+        h.stop_reason = loop.stop
+    else:
+        h.stop_reason = f"reached the epoch cap ({loop.epochs})"
+    params, state = loop.best if (restore_best and loop.best is not None) else (loop.params, loop.state)
+    return TrainResult(
+        params, state, h, loop.snapshots, loop.objective.replace(state=state), loop.opt_state, loop.key, loop.epoch
+    )
 
 
 def train(
@@ -335,6 +596,8 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
     callback: Callable[[int, History], None] | None = None,
     verbose: bool = False,
+    resume: TrainResult | None = None,
+    hooks: Sequence[Any] = (),
 ) -> TrainResult:
     """Trains ``params`` on ``objective`` with one compiled program per epoch.
 
@@ -349,11 +612,12 @@ def train(
       schedule_options: schedule keyword options (``alpha``, ``warmup_steps``).
       batch_size: minibatch size; None (or >= n) is full-batch gradient descent. The
         last partial batch of an epoch is dropped (each epoch draws a new permutation).
-      epochs: maximum number of epochs.
+      epochs: the epoch to train up to (with ``resume``: the total, counting the resumed epochs).
       key: PRNG key (or int seed) for batch order, dropout and probes. Same key, same run.
       early_stopping: an :class:`EarlyStopping` rule, or None.
       plateau: a :class:`ReduceOnPlateau` rule, or None.
-      probes: named :class:`Probe` s run every ``probe_every`` steps inside the compiled loop.
+      probes: named :class:`~losslab.probes.Probe` s run every ``probe_every`` steps inside the
+        compiled loop.
       probe_every: probe period in steps (required > 0 when probes are given).
       snapshot_every: keep params every this many epochs (plus the initial ones) for
         trajectory plots; 0 keeps none.
@@ -367,6 +631,10 @@ def train(
       mesh: a ``jax.sharding.Mesh`` with a "data" axis for data-parallel training.
       callback: called as ``callback(epoch, history)`` after each epoch (progress bars).
       verbose: print one line per epoch.
+      resume: a previous :class:`TrainResult` to continue from (its params, optimizer state,
+        epoch, key and history); the optimizer and its options must be the same.
+      hooks: extra hook objects (``after_epoch(loop)``, see :class:`Loop`), called after the
+        built-in ones.
 
     Returns:
       A :class:`TrainResult`.
@@ -375,185 +643,43 @@ def train(
       ValueError: bad configuration (names, sizes), before anything is compiled.
       TrainingDivergedError: the loss became NaN/Inf; the message names the step and config.
     """
-    config = {
-        "optimizer": optimizer,
-        "learning_rate": learning_rate,
-        "optimizer_options": dict(optimizer_options or {}),
-        "schedule": schedule,
-        "batch_size": batch_size,
-        "epochs": epochs,
-        "loss": str(objective.loss_fn),
-        "data": objective.name,
-    }
-    n = objective.num_examples("train")
-    if batch_size is None or batch_size >= n:
-        batch_size = n
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    n = objective.num_examples("train") if isinstance(objective, Objective) else 0
+    rules = (early_stopping, plateau, stop_below)
     probes = dict(probes or {})
-    if probes and probe_every < 1:
-        raise ValueError("probes were given but probe_every < 1; set probe_every to the period in steps")
-    if mesh is not None:
-        if "data" not in mesh.axis_names:
-            raise ValueError(f"the mesh needs a 'data' axis, has {mesh.axis_names}")
-        if batch_size % mesh.shape["data"]:
-            raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.shape['data']} data devices")
-    if eval_every < 0:
-        raise ValueError(f"eval_every must be >= 0, got {eval_every}")
-    if eval_every == 0 and (early_stopping is not None or plateau is not None or stop_below is not None):
-        raise ValueError("early stopping, reduce-on-plateau and stop_below need evaluations: set eval_every >= 1")
+    batch_size = _validate(objective, n, batch_size, epochs, probes, probe_every, mesh, eval_every, rules, resume)
     if schedule == "plateau" and plateau is None:
         plateau = ReduceOnPlateau()
     steps = n // batch_size
+    opts, sched_opts = dict(optimizer_options or {}), dict(schedule_options or {})
     tx, sched = optim.create(
-        optimizer,
-        learning_rate,
-        schedule=schedule,
-        total_steps=steps * epochs,
-        schedule_options=dict(schedule_options or {}),
-        **dict(optimizer_options or {}),
+        optimizer, learning_rate, schedule=schedule, total_steps=steps * epochs, schedule_options=sched_opts, **opts
     )
-    key = jax.random.key(key) if isinstance(key, int) else key
-
-    params = objective.params if params is None else params
-    state = objective.state
-    if mesh is not None:
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        objective, params, state = jax.device_put((objective, params, state), replicated)
-    opt_state = tx.init(params)
     names = tuple(probes)
-    probe_states = tuple(probes[nm].init(objective, params) for nm in names)
-    spec = (
-        optimizer,
-        learning_rate,
-        tuple(sorted((optimizer_options or {}).items())),
-        schedule,
-        tuple(sorted((schedule_options or {}).items())),
-        epochs,
-    )
-    epoch_fn = _cached_epoch(
-        spec, tx, steps, batch_size, tuple(probes[nm] for nm in names), max(probe_every, 1), mesh
-    )
-
-    history = History(probes={})
-    snapshots = [(0, jax.device_get(params))] if snapshot_every else []
-    start_epoch = 0
-    ckpt = None
-    if checkpoint_dir is not None:
-        from losslab import checkpoint as ckpt_lib
-
-        ckpt = ckpt_lib
-        restored = ckpt.restore_latest(checkpoint_dir, (params, state, opt_state, probe_states))
-        if restored is not None:
-            start_epoch, (params, state, opt_state, probe_states), meta = restored
-            history = History.from_dict(meta["history"])
-            key = jax.random.wrap_key_data(jnp.asarray(meta["key"], jnp.uint32))
-
-    es_best = math.inf
-    es_wait = 0
-    best = None
-    pl_best, pl_wait, pl_cool = math.inf, 0, 0
-    if history.best_epoch is not None and early_stopping is not None:
-        es_best = getattr(history, _monitor_name(early_stopping.monitor, objective))[history.best_epoch - 1]
-    t0 = time.perf_counter() - (history.wall_time[-1] if history.wall_time else 0.0)
-
-    for epoch in range(start_epoch + 1, epochs + 1):
-        key, ekey = jax.random.split(key)
-        step0 = (epoch - 1) * steps
-        (params, state, opt_state, probe_states, losses, probe_vals) = epoch_fn(
-            objective, params, state, opt_state, probe_states, ekey, step0
-        )
-        evaluated = eval_every > 0 and (epoch % eval_every == 0 or epoch == epochs)
-        train_eval, val_eval = _evaluate(objective, params, state) if evaluated else (_NO_EVAL, None)
-        losses = np.asarray(losses)
-        bad = _first_nonfinite(losses)
-        if bad is not None:
-            raise TrainingDivergedError(
-                f"training loss became {losses[bad]} at step {step0 + bad + 1} (epoch {epoch}, step {bad + 1} of "
-                f"{steps}); the last finite parameters are those of epoch {epoch - 1}. Config: {config}"
-            )
-        history.epoch.append(epoch)
-        history.step.append(epoch * steps)
-        history.train_loss.append(float(losses.mean()))
-        history.train_eval_loss.append(float(train_eval["loss"]))
-        history.train_accuracy.append(float(train_eval["accuracy"]))
-        history.val_loss.append(float(val_eval["loss"]) if val_eval is not None else float("nan"))
-        history.val_accuracy.append(float(val_eval["accuracy"]) if val_eval is not None else float("nan"))
-        history.learning_rate.append(float(sched(epoch * steps - 1)) * optim.lr_scale(opt_state))
-        history.wall_time.append(time.perf_counter() - t0)
-        for nm, vals in zip(names, probe_vals):
-            vals = {k: np.asarray(v) for k, v in vals.items()}
-            rows = np.flatnonzero(np.isfinite(next(iter(vals.values()))))
-            for sub, arr in vals.items():
-                rec = history.probes.setdefault(nm + (f"/{sub}" if sub else ""), {"step": [], "value": []})
-                rec["step"].extend(int(step0 + r + 1) for r in rows)
-                rec["value"].extend(float(arr[r]) for r in rows)
-        if evaluated and not math.isfinite(history.train_eval_loss[-1]):
-            raise TrainingDivergedError(
-                f"eval-mode training loss became {history.train_eval_loss[-1]} after epoch {epoch} "
-                f"(step {epoch * steps}). Config: {config}"
-            )
-        if verbose:
-            print(
-                f"epoch {epoch:4d}  train {history.train_loss[-1]:.4f}  val {history.val_loss[-1]:.4f}  "
-                f"val acc {history.val_accuracy[-1]:.3f}  lr {history.learning_rate[-1]:.2e}"
-            )
-        if snapshot_every and epoch % snapshot_every == 0:
-            snapshots.append((epoch, jax.device_get(params)))
-
-        stop = ""
-        if early_stopping is not None and evaluated:
-            value = getattr(history, _monitor_name(early_stopping.monitor, objective))[-1]
-            if _improved(value, es_best, early_stopping.min_delta):
-                es_best, es_wait, history.best_epoch = value, 0, epoch
-                if early_stopping.restore_best:
-                    best = (params, state)
-            else:
-                es_wait += 1
-                if es_wait >= early_stopping.patience:
-                    stop = f"early stopping: no improvement of {early_stopping.monitor} for {es_wait} epochs"
-        if plateau is not None and evaluated:
-            value = history.val_loss[-1] if "val" in objective.data else history.train_eval_loss[-1]
-            if pl_cool > 0:
-                pl_cool -= 1
-            elif _improved(value, pl_best, plateau.min_delta):
-                pl_best, pl_wait = value, 0
-            else:
-                pl_wait += 1
-                if pl_wait >= plateau.patience:
-                    new = max(optim.lr_scale(opt_state) * plateau.factor, plateau.min_scale)
-                    opt_state = optim.set_lr_scale(opt_state, new)
-                    pl_wait, pl_cool = 0, plateau.cooldown
-        if stop_below is not None and evaluated and history.train_eval_loss[-1] < stop_below:
-            stop = f"training loss {history.train_eval_loss[-1]:.4g} below {stop_below}"
-        if ckpt is not None and (epoch % max(checkpoint_every, 1) == 0 or stop or epoch == epochs):
-            ckpt.save(
-                checkpoint_dir,
-                epoch,
-                (params, state, opt_state, probe_states),
-                {"history": history.as_dict(), "key": np.asarray(jax.random.key_data(key)).tolist()},
-            )
-        if callback is not None:
-            callback(epoch, history)
-        if stop:
-            history.stop_reason = stop
-            break
-    history.stopped_epoch = history.epoch[-1] if history.epoch else start_epoch
-    if not history.stop_reason:
-        history.stop_reason = f"reached the epoch cap ({epochs})"
-    if early_stopping is not None and early_stopping.restore_best and best is not None:
-        params, state = best
-    return TrainResult(params, state, history, snapshots, objective.replace(state=state))
-
-
-def _monitor_name(monitor: str, objective: Objective) -> str:
-    if monitor == "val_loss" and "val" not in objective.data:
-        return "train_eval_loss"
-    if monitor not in {f.name for f in dataclasses.fields(History)}:
-        raise ValueError(f"unknown monitor {monitor!r}; use a History field such as val_loss, train_eval_loss")
-    return monitor
+    spec = (optimizer, learning_rate, tuple(sorted(opts.items())), schedule, tuple(sorted(sched_opts.items())), epochs)
+    epoch_fn = _cached_epoch(spec, tx, steps, batch_size, tuple(probes[nm] for nm in names), max(probe_every, 1), mesh)
+    config = {"optimizer": optimizer, "learning_rate": learning_rate, "optimizer_options": opts, "schedule": schedule,
+              "batch_size": batch_size, "epochs": epochs, "loss": str(objective.loss_fn), "data": objective.name}
+    run = _Run(config, tx, sched, epoch_fn, names, eval_every)
+    loop = _start(objective, params, tx, probes, names, key, mesh, resume, snapshot_every, epochs, steps)
+    built_in = [SnapshotHook(snapshot_every) if snapshot_every else None]
+    checkpoint = CheckpointHook(checkpoint_dir, checkpoint_every) if checkpoint_dir is not None else None
+    if checkpoint is not None:
+        checkpoint.restore(loop)
+    built_in += [
+        EarlyStoppingHook(early_stopping, loop.objective, loop.history) if early_stopping is not None else None,
+        PlateauHook(plateau) if plateau is not None else None,
+        StopBelowHook(stop_below) if stop_below is not None else None,
+        checkpoint,
+        CallbackHook(callback, verbose),
+    ]
+    all_hooks = [h for h in built_in if h is not None] + list(hooks)
+    t0 = time.perf_counter() - (loop.history.wall_time[-1] if loop.history.wall_time else 0.0)
+    while loop.epoch < epochs and not loop.stop:
+        losses, probe_vals, evals = _run_epoch(loop, run)
+        _record(loop, run, losses, probe_vals, evals, t0)
+        for hook in all_hooks:
+            hook.after_epoch(loop)
+    return _finish(loop, early_stopping is not None and early_stopping.restore_best)
 
 
 # ----------------------------------------------------------------------------
@@ -647,3 +773,26 @@ def make_mesh(num_devices: int | None = None, devices: Sequence | None = None) -
             raise ValueError(f"asked for {num_devices} devices, {len(devices)} available")
         devices = devices[:num_devices]
     return jax.sharding.Mesh(np.array(devices), ("data",))
+
+
+__all__ = [
+    "CallbackHook",
+    "CheckpointHook",
+    "Diagnosis",
+    "EarlyStopping",
+    "EarlyStoppingHook",
+    "History",
+    "Loop",
+    "PlateauHook",
+    "Probe",
+    "ReduceOnPlateau",
+    "SnapshotHook",
+    "StopBelowHook",
+    "TrainResult",
+    "TrainingDivergedError",
+    "diagnose",
+    "grad_norm_probe",
+    "make_mesh",
+    "monitor_name",
+    "train",
+]

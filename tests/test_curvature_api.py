@@ -9,6 +9,7 @@ from jax.flatten_util import ravel_pytree
 
 from losslab import Objective, models, train
 from losslab import curvature as cv
+from losslab import probes as probes_lib
 from losslab.plot.spectrum import density as plot_density
 
 matplotlib.use("Agg")
@@ -104,10 +105,10 @@ def test_api_validates_eagerly(obj):
 @pytest.mark.slow
 def test_probes_run_inside_training(obj):
     probes = {
-        "lambda_max": cv.lambda_max_probe(num_steps=6, full_batch=True),
-        "lambda_max_power": cv.lambda_max_probe(num_steps=6, method="power", full_batch=True),
-        "trace": cv.trace_probe(num_probes=8, full_batch=True, with_std_error=True),
-        "grad_norm": cv.grad_norm_probe(),
+        "lambda_max": probes_lib.lambda_max_probe(num_steps=6, full_batch=True),
+        "lambda_max_power": probes_lib.lambda_max_probe(num_steps=6, method="power", full_batch=True),
+        "trace": probes_lib.trace_probe(num_probes=8, full_batch=True, with_std_error=True),
+        "grad_norm": probes_lib.grad_norm_probe(),
     }
     result = train.train(
         obj, optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=2, key=0, probes=probes, probe_every=3

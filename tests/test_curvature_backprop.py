@@ -7,6 +7,7 @@ import pytest
 
 from losslab import Objective, losses, models
 from losslab import curvature as cv
+from losslab import probes as probes_lib
 from losslab.curvature import backprop as bp
 
 jax.config.update("jax_enable_x64", True)
@@ -162,7 +163,7 @@ def test_exact_trace_probe_inside_training():
     from losslab import train
 
     obj = objective(regularizers=[losses.l2(0.01)])
-    probes = {"trace": cv.trace_probe(method="backprop", full_batch=True, with_std_error=True)}
+    probes = {"trace": probes_lib.trace_probe(method="backprop", full_batch=True, with_std_error=True)}
     result = train.train(obj, optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=2, key=0, probes=probes,
                          probe_every=1)
     hist = result.history.probes
@@ -173,4 +174,4 @@ def test_exact_trace_probe_inside_training():
     # A smooth model is refused before the first step.
     with pytest.raises(ValueError, match="piecewise linear"):
         train.train(objective(activation="tanh"), optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=1,
-                    key=0, probes={"trace": cv.trace_probe(method="backprop")}, probe_every=1)
+                    key=0, probes={"trace": probes_lib.trace_probe(method="backprop")}, probe_every=1)

@@ -7,7 +7,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from losslab import Objective, curvature, data, losses, models
-from losslab.kfac import _inputs_matrix, find_layers, kfac, kfac_factors, kfac_operator, output_fisher_sqrt
+from losslab.kfac import find_layers, kfac, kfac_factors, kfac_operator, output_fisher_sqrt
+from losslab.layers import inputs_matrix
 from losslab.train import train
 
 jax.config.update("jax_enable_x64", True)
@@ -102,7 +103,7 @@ def test_conv_patches_reproduce_the_convolution_and_conv_kfac_runs():
     conv = layers[0]
     x = obj.batch()[0][..., None]
     node = obj.params["convs"][0]
-    a = _inputs_matrix(conv, x)
+    a = inputs_matrix(conv, x)
     w = jnp.concatenate([node["kernel"].reshape(-1, 2), node["bias"][None]])
     from flax import nnx
 

@@ -33,7 +33,7 @@ def test_full_loss_is_exact_mean_of_per_example_losses(mixture, chunk_size):
 def test_chunked_sum_weights_padding():
     x = jnp.arange(10.0)[:, None]
     y = jnp.zeros((10,), jnp.int32)
-    total = chunked_sum(lambda xc, yc, w: jnp.sum(w * xc[:, 0]), (x, y), chunk_size=4)
+    total = chunked_sum(lambda rows, w: jnp.sum(w * rows[0][:, 0]), (x, y), chunk_size=4)
     assert float(total) == 45.0
 
 

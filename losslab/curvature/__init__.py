@@ -11,10 +11,14 @@ One-line calls (notebooks), each returning a result that prints one line:
 * :func:`hessian_trace` -> :class:`TraceEstimate` (Hutch++ by default; Meyer et al. 2021)
 * :func:`hessian_eigenvalues` -> :class:`EigenvalueEstimate` (Lanczos; Lanczos 1950)
 * :func:`hessian_density` -> :class:`DensityEstimate` (stochastic Lanczos quadrature;
-  Ghorbani et al. 2019), with ``.plot()``
+  Ghorbani et al. 2019), drawn by :func:`losslab.plot.spectrum.density`
 
 each with ``operator="hessian" | "ggn" | "fisher" | "empirical_fisher" | "mc_fisher"``,
 ``batch=`` and ``select=`` (a per-layer block) and ``exact=True`` for small models.
+
+One registry (:data:`OPERATORS`, :func:`make_operator`) maps each operator name to its
+constructor; every consumer (one-liners, backprop diagonals, in-training probes, natural
+gradient) builds operators through it.
 
 Operators (:mod:`~losslab.curvature.operators`; they know the Objective), each a
 :class:`LinearOperator` on flat vectors of the n (selected) parameters:
@@ -22,8 +26,11 @@ Operators (:mod:`~losslab.curvature.operators`; they know the Objective), each a
 :func:`ggn_operator` (:math:`\\frac1N\\sum J^\\top H_L J`, Schraudolph 2002),
 :func:`fisher_operator` (:math:`\\frac1N\\sum J^\\top F_L J`, Amari 1998; Martens 2020),
 :func:`mc_fisher_operator` (sampled labels), :func:`empirical_fisher_operator`
-(Kunstner et al. 2019), :func:`from_matrix`; :func:`to_dense` materialises any of
-them (n matvecs).
+(Kunstner et al. 2019), :func:`kfac_operator` (Martens & Grosse 2015;
+:mod:`~losslab.curvature.kfac`), :func:`from_matrix`; :func:`to_dense` materialises any of
+them (n matvecs). Operators declare ``symmetric`` / ``psd``; algorithms check them.
+
+Solves (:mod:`~losslab.curvature.solve`): :func:`cg_solve` (conjugate gradient, PSD operators only).
 
 Algorithms (they see only ``op.matvec``; ``algorithm(op, key, *, ...)``):
 :func:`hutchinson_trace`, :func:`hutchpp_trace`, :func:`hutchinson_diagonal`
@@ -41,8 +48,7 @@ linear in each parameter tensor (ReLU networks; :func:`piecewise_linear_check`).
 Exact mode for small models (:mod:`~losslab.curvature.dense`): :func:`dense_hessian`,
 :func:`dense_ggn`, :func:`dense_fisher`, :func:`exact_eigh`.
 
-In-training probes for :func:`losslab.train.train` (:mod:`~losslab.curvature.probes`):
-:func:`lambda_max_probe`, :func:`trace_probe`, :func:`grad_norm_probe`.
+In-training probes built on these tools live one layer up, in :mod:`losslab.probes`.
 """
 
 from losslab.curvature.api import (
@@ -66,33 +72,43 @@ from losslab.curvature.eigen import (
     power_iteration,
     top_eigenpairs,
 )
+from losslab.curvature.kfac import KFACFactors, kfac_factors
 from losslab.curvature.operators import (
     OPERATORS,
     LinearOperator,
+    OperatorSpec,
     empirical_fisher_operator,
     fisher_operator,
     flat_params,
     from_matrix,
     ggn_operator,
     hessian_operator,
+    kfac_operator,
+    make_operator,
     mc_fisher_operator,
+    operator_spec,
     path_str,
     to_dense,
 )
-from losslab.curvature.probes import grad_norm_probe, lambda_max_probe, trace_probe
+from losslab.curvature.solve import CGResult, cg_solve
 from losslab.curvature.trace import DiagonalResult, TraceResult, hutchinson_diagonal, hutchinson_trace, hutchpp_trace
 
 __all__ = [
     "DensityEstimate",
     "EigenvalueEstimate",
     "TraceEstimate",
-    "grad_norm_probe",
     "hessian_density",
     "hessian_eigenvalues",
     "hessian_trace",
-    "lambda_max_probe",
-    "trace_probe",
     "OPERATORS",
+    "CGResult",
+    "KFACFactors",
+    "OperatorSpec",
+    "cg_solve",
+    "kfac_factors",
+    "kfac_operator",
+    "make_operator",
+    "operator_spec",
     "DensityResult",
     "DiagonalResult",
     "EigenResult",

@@ -26,59 +26,63 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losslab import _display as fmt
+from losslab import display as fmt
 from losslab.curvature import backprop
 from losslab.curvature import dense as dense_lib
 from losslab.curvature import density as density_lib
 from losslab.curvature import eigen as eigen_lib
 from losslab.curvature import operators as ops
 from losslab.curvature import trace as trace_lib
+from losslab.curvature.base import restrict, selection_mask
 
-OPERATOR_NAMES = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
+# The operators the one-liners accept: the registry's lazily built curvature matrices.
+OPERATOR_NAMES = tuple(name for name in ops.OPERATORS if name != "kfac")
 TRACE_METHODS = ("hutchpp", "hutchinson", "adaptive", "backprop", "exact")
 EIGEN_METHODS = ("lanczos", "power", "exact")
-_TITLES = {
-    "hessian": "Hessian",
-    "ggn": "GGN",
-    "fisher": "Fisher",
-    "empirical_fisher": "empirical Fisher",
-    "mc_fisher": "MC Fisher",
-}
+_TITLES = {name: spec.title for name, spec in ops.OPERATORS.items()}
 
 
 def _operator(name, objective, params, batch, key, select, mesh=None):
-    if name == "hessian":
-        return ops.hessian_operator(objective, params, batch, select=select, mesh=mesh)
-    elif name == "ggn":
-        return ops.ggn_operator(objective, params, batch, select=select, mesh=mesh)
-    elif name == "fisher":
-        return ops.fisher_operator(objective, params, batch, select=select, mesh=mesh)
-    elif name == "empirical_fisher":
-        return ops.empirical_fisher_operator(objective, params, batch, select=select, mesh=mesh)
-    elif name == "mc_fisher":
-        return ops.mc_fisher_operator(objective, params, jax.random.fold_in(key, 1), batch, select=select, mesh=mesh)
-    else:
-        raise ValueError(f"operator must be one of {OPERATOR_NAMES}, got {name!r}")
+    # mc_fisher labels come from fold_in(key, 1), so probes drawn from key stay independent of them.
+    op_key = jax.random.fold_in(key, 1) if ops.OPERATORS[name].needs_key else None
+    return ops.make_operator(name, objective, params, batch, key=op_key, select=select, mesh=mesh)
 
 
 def _prepare(objective, params, key, operator, select):
     if operator not in OPERATOR_NAMES:
         raise ValueError(f"operator must be one of {OPERATOR_NAMES}, got {operator!r}")
-    if operator in ("fisher", "empirical_fisher", "mc_fisher"):
-        objective.loss_fn.require_likelihood()
-    params = objective.params if params is None else params
     key = jax.random.key(0) if key is None else key
-    ops._selection(params, select)  # validates eagerly
+    ops.check_operator(operator, objective, key=key)
+    params = objective.params if params is None else params
+    selection_mask(params, select)  # validates eagerly
     return params, key
 
 
-def _timed(fn, *args, compiled_by=None, **kwargs):
-    """``(fn(...), seconds, compiled)``; ``compiled`` watches ``compiled_by`` (a jitted function; default fn)."""
-    jitted = fn if compiled_by is None else compiled_by
-    before = jitted._cache_size()
+class _CompileCounter:
+    """Counts XLA backend compilations (through ``jax.monitoring``), to report whether a call compiled."""
+
+    count = 0
+    registered = False
+
+    @classmethod
+    def listen(cls) -> int:
+        if not cls.registered:
+            jax.monitoring.register_event_duration_secs_listener(cls._on_event)
+            cls.registered = True
+        return cls.count
+
+    @classmethod
+    def _on_event(cls, event: str, duration: float, **_kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            cls.count += 1
+
+
+def _timed(fn, *args, **kwargs):
+    """``(fn(...), seconds, compiled)``: ``compiled`` says whether XLA compiled anything during the call."""
+    before = _CompileCounter.listen()
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args, **kwargs))
-    return out, time.perf_counter() - start, jitted._cache_size() > before
+    return out, time.perf_counter() - start, _CompileCounter.count > before
 
 
 # ----------------------------------------------------------------------------
@@ -195,7 +199,6 @@ def hessian_trace(
             objective,
             params,
             batch,
-            compiled_by=backprop._exact_jit,
             operator=operator,
             key=op_key,
             select=select,
@@ -346,7 +349,7 @@ def hessian_eigenvalues(
             "power iteration finds the largest-magnitude eigenvalues; use method='lanczos' for which='smallest'"
         )
     params, key = _prepare(objective, params, key, operator, select)
-    restriction, _, size, _ = ops._restrict(params, select)
+    restriction, _, size, _ = restrict(params, select)
     if not 1 <= k <= size:
         raise ValueError(f"k must be in [1, n={size}], got {k}")
     if method == "power" and num_steps is None:
@@ -418,12 +421,6 @@ class DensityEstimate:
         """Estimated number of negative eigenvalues, n × :attr:`negative_fraction`."""
         return float(self.result.negative_count)
 
-    def plot(self, ax=None, **kwargs):
-        """Draws the density with log-scale y (:func:`losslab.plot.spectrum.density`); returns the figure."""
-        from losslab.plot.spectrum import density
-
-        return density(self, ax=ax, **kwargs)
-
     def _facts(self) -> str:
         r = self.result
         return (
@@ -491,10 +488,10 @@ def hessian_density(
       exact: dense eigendecomposition instead of SLQ.
 
     Returns:
-      A :class:`DensityEstimate`; ``.plot()`` draws it.
+      A :class:`DensityEstimate`; :func:`losslab.plot.spectrum.density` draws it.
     """
     params, key = _prepare(objective, params, key, operator, select)
-    _, _, size, _ = ops._restrict(params, select)
+    _, _, size, _ = restrict(params, select)
     method = "exact" if exact else "slq"
     res, seconds, compiled = _timed(
         _density_impl,

@@ -41,13 +41,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from losslab.curvature import operators as ops
+from losslab.curvature.base import Select, restrict, selection_mask
+from losslab.curvature.kfac import output_fisher_sqrt
+from losslab.curvature.operators import OPERATORS, check_operator, sampled_nll_grads
 from losslab.curvature.trace import DiagonalResult, TraceResult
+from losslab.layers import covered_mask, find_layers, record
+from losslab.losses import Regularizer
+from losslab.objective import check_mesh, chunked_sum
+from losslab.trees import key_tuple, leaf_paths
 
 Array = jax.Array
-KINDS = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
+# The registry's operators with an exact backprop diagonal.
+KINDS = tuple(name for name, spec in OPERATORS.items() if spec.exact_diagonal)
 # Floats of per-example gradients held at once for parameters outside Dense layers.
 PER_EXAMPLE_BUDGET = 1 << 24
 
@@ -60,24 +66,16 @@ class _Plan(NamedTuple):
 
 
 def _plan(objective, params, x) -> _Plan:
-    """Dense (``nnx.Linear``) layers called once on ``(batch, features)`` inputs."""
-    from losslab import kfac
-
-    model = nnx.merge(objective.graphdef, params, objective.state)
-    layers = []
-    for path in kfac._candidate_paths(params):
-        if type(kfac._module_at(model, path)) is nnx.Linear:
-            node = kfac._get(params, path)
-            layers.append(kfac.KFACLayer(path, "dense", "bias" in node, tuple(node["kernel"].shape)))
-    layers = tuple(layers)
+    """Dense layers (found by the layer tap) called once on ``(batch, features)`` inputs."""
+    layers = find_layers(objective, params, kinds=("dense",), strict=False)
     if layers:
         try:
-            shapes = jax.eval_shape(lambda p, xx: kfac._forward(objective, p, xx, layers, None)[1], params, x[:2])
+            shapes = jax.eval_shape(lambda p, xx: record(objective, p, xx, layers, None)[1], params, x[:2])
         except ValueError:  # a layer called twice (weight sharing) or not at all: no shortcut
             layers = ()
         else:
             layers = tuple(layer for layer, s in zip(layers, shapes) if len(s.shape) == 2)
-    return _Plan(layers, tuple(kfac._covered_mask(params, layers)))
+    return _Plan(layers, tuple(covered_mask(params, layers)))
 
 
 def _output_factors(kind: str, objective, z: Array, y: Array, w: Array, key, diagonal: bool) -> tuple[Array, Array]:
@@ -87,8 +85,6 @@ def _output_factors(kind: str, objective, z: Array, y: Array, w: Array, key, dia
     anyway, else ``(B, C, C)``. The GGN / Hessian use unit cotangents and the loss Hessian in the
     outputs as S (no factorisation) unless ``diagonal`` asks for its eigendecomposition.
     """
-    from losslab import kfac
-
     b, d = z.shape
     if kind in ("hessian", "ggn"):
 
@@ -104,7 +100,7 @@ def _output_factors(kind: str, objective, z: Array, y: Array, w: Array, key, dia
         return cols, jnp.sign(lam).T
     if kind == "fisher":
         lik = objective.loss_fn.require_likelihood()
-        cols = kfac.output_fisher_sqrt(lik, z) * jnp.sqrt(w)[None, :, None]
+        cols = output_fisher_sqrt(lik, z) * jnp.sqrt(w)[None, :, None]
         return cols, jnp.ones(cols.shape[:2], z.dtype)
     if kind == "empirical_fisher":
         objective.loss_fn.require_likelihood()
@@ -113,7 +109,7 @@ def _output_factors(kind: str, objective, z: Array, y: Array, w: Array, key, dia
     if kind == "mc_fisher":
         lik = objective.loss_fn.require_likelihood()
         idx, num_samples, base = key
-        r = jax.vmap(lambda i, zi: ops._sampled_nll_grads(lik, base, i, zi, num_samples))(idx, z)  # (B, S, D)
+        r = jax.vmap(lambda i, zi: sampled_nll_grads(lik, base, i, zi, num_samples))(idx, z)  # (B, S, D)
         cols = jnp.moveaxis(r, 1, 0) * (jnp.sqrt(w)[None, :, None] / math.sqrt(num_samples))
         return cols, jnp.ones(cols.shape[:2], z.dtype)
     raise ValueError(f"operator must be one of {KINDS}, got {kind!r}")
@@ -145,16 +141,14 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
 
 def _chunk_diagonal(objective, params, plan: _Plan, kind, x, y, w, extra, trace_only: bool):
     """Per-leaf diagonal sums (or, with ``trace_only``, per-leaf trace sums) over one chunk."""
-    from losslab import kfac
-
     leaves, treedef = jax.tree.flatten(params)
     dense = plan.dense
     if dense:
-        shapes = jax.eval_shape(lambda p: kfac._forward(objective, p, x, dense, None)[2], params)
+        shapes = jax.eval_shape(lambda p: record(objective, p, x, dense, None)[2], params)
         eps0 = [jnp.zeros(s.shape, s.dtype) for s in shapes]
 
         def f(eps):
-            out, inputs, _ = kfac._forward(objective, params, x, dense, eps)
+            out, inputs, _ = record(objective, params, x, dense, eps)
             return out, inputs
 
         z, vjp_fn, inputs = jax.vjp(f, eps0, has_aux=True)
@@ -168,7 +162,7 @@ def _chunk_diagonal(objective, params, plan: _Plan, kind, x, y, w, extra, trace_
         gs = jax.vmap(lambda c: vjp_fn(c)[0])(cots)  # per layer (C, B, d_out)
         index = {}
         for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0]):
-            index[tuple(kfac._key(k) for k in path)] = i
+            index[key_tuple(path)] = i
         for layer, a, g in zip(dense, inputs, gs):
             a = jax.lax.stop_gradient(a)
             g2 = _weighted_squares(weights, g)  # Σ_cd S_cd g_c g_d: (B, d_out)
@@ -238,8 +232,6 @@ def _curvature_within_leaves(objective, params, x) -> Array:
 
 def _regularizer_diagonal(objective, params):
     """Exact diagonal of ∇²R: losslab's regularizers are separable, so ∇²R·1 is the diagonal."""
-    from losslab.losses import Regularizer
-
     if not objective.regularizers:
         return None
     odd = [r for r in objective.regularizers if not isinstance(r, Regularizer)]
@@ -254,7 +246,7 @@ def _regularizer_diagonal(objective, params):
 def _diagonal_tree(objective, params, batch, kind, key, num_samples, mesh, axis, trace_only):
     x, y = objective.batch("train") if batch is None else batch
     n = int(x.shape[0])
-    ops._check_mesh(mesh, axis, objective.chunk_size, n)
+    check_mesh(mesh, axis, objective.chunk_size, n)
     plan = _plan(objective, params, x)
     rows = (x, y, jnp.arange(n))
 
@@ -262,7 +254,7 @@ def _diagonal_tree(objective, params, batch, kind, key, num_samples, mesh, axis,
         xc, yc, ic = r
         return _chunk_diagonal(objective, params, plan, kind, xc, yc, w, (ic, num_samples, key), trace_only)
 
-    sums = ops._chunked_sum(fn, rows, objective.chunk_size, mesh, axis)
+    sums = chunked_sum(fn, rows, objective.chunk_size, mesh=mesh, axis=axis)
     treedef = jax.tree.structure(params)
     diag = jax.tree.unflatten(treedef, [s / n for s in sums])
     if kind == "hessian":
@@ -274,15 +266,9 @@ def _diagonal_tree(objective, params, batch, kind, key, num_samples, mesh, axis,
 
 
 def _check_kind(objective, kind, key, num_samples):
-    if kind not in KINDS:
-        raise ValueError(f"operator must be one of {KINDS}, got {kind!r}")
-    if kind in ("fisher", "empirical_fisher", "mc_fisher"):
-        objective.loss_fn.require_likelihood()
-    if kind == "mc_fisher":
-        if key is None:
-            raise ValueError("the mc_fisher diagonal needs a PRNG key to sample labels")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_operator(kind, objective, key=key, exact_diagonal=True)
+    if kind == "mc_fisher" and num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
 def piecewise_linear_check(objective, params=None, batch=None, *, check_rows: int = 256) -> dict[str, float]:
@@ -298,11 +284,11 @@ def piecewise_linear_check(objective, params=None, batch=None, *, check_rows: in
     params = objective.params if params is None else params
     x, _ = objective.batch("train") if batch is None else batch
     vals = _curvature_within_leaves(objective, params, x[:check_rows])
-    paths = [ops.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    return dict(zip(paths, map(float, vals)))
+    return dict(zip(leaf_paths(params), map(float, vals)))
 
 
-def _require_piecewise_linear(objective, params, batch, check_rows):
+def require_piecewise_linear(objective, params, batch=None, check_rows: int = 256) -> None:
+    """Raises ``ValueError`` naming the curved tensors unless the outputs are piecewise linear in each one."""
     curved = {p: v for p, v in piecewise_linear_check(objective, params, batch, check_rows=check_rows).items() if v}
     if curved:
         worst = ", ".join(f"{p} ({v:.2g})" for p, v in curved.items())
@@ -319,7 +305,7 @@ def _prepare(objective, params, batch, operator, key, num_samples, check_rows):
     params = objective.params if params is None else params
     _check_kind(objective, operator, key, num_samples)
     if operator == "hessian":
-        _require_piecewise_linear(objective, params, batch, check_rows)
+        require_piecewise_linear(objective, params, batch, check_rows)
     return params, (key if operator == "mc_fisher" else None)  # one compiled program with or without a key
 
 
@@ -331,7 +317,7 @@ def exact_diagonal(
     operator: str = "hessian",
     key: Array | None = None,
     num_samples: int = 1,
-    select: ops.Select = None,
+    select: Select = None,
     check_rows: int = 256,
     mesh: jax.sharding.Mesh | None = None,
     axis: str = "data",
@@ -362,8 +348,8 @@ def exact_diagonal(
       zero standard errors and ``num_matvecs=0``.
     """
     params, key = _prepare(objective, params, batch, operator, key, num_samples, check_rows)
-    restriction, _, _, _ = ops._restrict(params, select)
-    diag = _exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, False)
+    restriction, _, _, _ = restrict(params, select)
+    diag = exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, False)
     flat = restriction.ravel(diag)
     return DiagonalResult(flat, jnp.zeros_like(flat), jnp.asarray(0))
 
@@ -376,7 +362,7 @@ def exact_trace(
     operator: str = "hessian",
     key: Array | None = None,
     num_samples: int = 1,
-    select: ops.Select = None,
+    select: Select = None,
     check_rows: int = 256,
     mesh: jax.sharding.Mesh | None = None,
     axis: str = "data",
@@ -393,15 +379,42 @@ def exact_trace(
       A :class:`TraceResult` with ``std_error`` 0 and ``num_matvecs`` 0.
     """
     params, key = _prepare(objective, params, batch, operator, key, num_samples, check_rows)
-    mask = ops._selection(params, select)
-    parts = _exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, True)
+    mask = selection_mask(params, select)
+    parts = exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, True)
     total = sum(p for p, m in zip(jax.tree.leaves(parts), mask) if m)
     return TraceResult(total, jnp.zeros_like(total), jnp.asarray(0))
 
 
-@functools.partial(jax.jit, static_argnames=("operator", "num_samples", "mesh", "axis", "trace_only"))
-def _exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, trace_only):
+def diagonal_tree(
+    objective, params, batch=None, *, operator: str = "hessian", key=None, num_samples: int = 1, mesh=None,
+    axis: str = "data", trace_only: bool = False,
+):
+    """The exact diagonal as a params pytree (per-leaf trace scalars with ``trace_only``); traceable.
+
+    The unchecked kernel of :func:`exact_diagonal` / :func:`exact_trace` for use inside a compiled
+    program (the in-training trace probe): call :func:`check` eagerly first.
+    """
     return _diagonal_tree(objective, params, batch, operator, key, num_samples, mesh, axis, trace_only)
 
 
-__all__ = ["KINDS", "exact_diagonal", "exact_trace", "piecewise_linear_check"]
+def check(objective, params, *, operator: str = "hessian", key=None, num_samples: int = 1, check_rows: int = 256):
+    """The eager checks of :func:`exact_diagonal` (operator, key, and for the Hessian piecewise linearity)."""
+    _prepare(objective, params, None, operator, key, num_samples, check_rows)
+
+
+@functools.partial(jax.jit, static_argnames=("operator", "num_samples", "mesh", "axis", "trace_only"))
+def exact_jit(objective, params, batch, key, operator, num_samples, mesh, axis, trace_only):
+    """Jitted :func:`diagonal_tree` (one compiled program per static configuration)."""
+    return _diagonal_tree(objective, params, batch, operator, key, num_samples, mesh, axis, trace_only)
+
+
+__all__ = [
+    "KINDS",
+    "check",
+    "diagonal_tree",
+    "exact_diagonal",
+    "exact_jit",
+    "exact_trace",
+    "piecewise_linear_check",
+    "require_piecewise_linear",
+]

@@ -12,14 +12,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from losslab.curvature.base import LinearOperator, to_dense
 from losslab.curvature.eigen import EigenResult
-from losslab.curvature.operators import (
-    LinearOperator,
-    fisher_operator,
-    ggn_operator,
-    hessian_operator,
-    to_dense,
-)
+from losslab.curvature.operators import make_operator
 
 Array = jax.Array
 
@@ -27,15 +22,8 @@ Array = jax.Array
 @functools.partial(jax.jit, static_argnames=("kind", "include_regularizer", "select"))
 def _dense(objective, params, batch, *, kind, include_regularizer, select):
     # The Objective is a jit argument (a pytree), so repeated calls reuse one compiled program.
-    if kind == "hessian":
-        op = hessian_operator(objective, params, batch, include_regularizer=include_regularizer, select=select)
-    elif kind == "ggn":
-        op = ggn_operator(objective, params, batch, select=select)
-    elif kind == "fisher":
-        op = fisher_operator(objective, params, batch, select=select)
-    else:
-        raise ValueError(f"kind must be hessian, ggn or fisher, got {kind!r}")
-    return to_dense(op)
+    options = {"include_regularizer": include_regularizer} if kind == "hessian" else {}
+    return to_dense(make_operator(kind, objective, params, batch, select=select, **options))
 
 
 def _params(objective, params):

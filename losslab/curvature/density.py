@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from losslab import _display as fmt
-from losslab.curvature.eigen import _check_steps, lanczos
-from losslab.curvature.operators import LinearOperator
-from losslab.curvature.trace import DISTRIBUTIONS, _batched, _probe, check_mesh
+from losslab import display as fmt
+from losslab.curvature.base import LinearOperator
+from losslab.curvature.eigen import check_num_steps, lanczos
+from losslab.curvature.trace import DISTRIBUTIONS, batched_over_keys, check_probe_mesh, probe_vector
 
 Array = jax.Array
 
@@ -49,8 +49,8 @@ class DensityResult(NamedTuple):
     size: Array
 
     def __repr__(self) -> str:
-        nodes = fmt._array(self.nodes)
-        weights = fmt._array(self.weights)
+        nodes = fmt.as_array(self.nodes)
+        weights = fmt.as_array(self.weights)
         if nodes is not None and weights is not None and nodes.ndim == 2:
             negative = f"{100 * float(np.sum(weights * (nodes < 0)) / nodes.shape[0]):.2f}%"
         else:
@@ -176,13 +176,13 @@ def spectral_density(
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    _check_steps(op, num_steps)
+    check_num_steps(op, num_steps)
     _validate_grid(grid, sigma, rel_sigma)
-    check_mesh(mesh, axis, min(chunk_size, num_probes))
+    check_probe_mesh(mesh, axis, min(chunk_size, num_probes))
 
     def one(k):
         probe_key, lanczos_key = jax.random.split(k)
-        v = _probe(probe_key, op.size, op.dtype, distribution)
+        v = probe_vector(probe_key, op.size, op.dtype, distribution)
         res = lanczos(op, lanczos_key, num_steps=num_steps, reorthogonalize=reorthogonalize, init=v)
         theta, s = jnp.linalg.eigh(res.tridiagonal())
         return theta, s[0, :] ** 2
@@ -194,10 +194,10 @@ def spectral_density(
     # A chunk of one probe is not vmapped: a unit batch dimension costs layout copies in
     # every matvec, and vmap turns Lanczos' breakdown lax.cond into a select that draws
     # and orthogonalises a restart vector at every step (together ~50% per step measured).
-    nodes, weights = jax.lax.map(_batched(one, chunk, mesh, axis), head)
+    nodes, weights = jax.lax.map(batched_over_keys(one, chunk, mesh, axis), head)
     nodes, weights = nodes.reshape(full * chunk, num_steps), weights.reshape(full * chunk, num_steps)
     if num_probes > full * chunk:
-        rest_nodes, rest_weights = _batched(one, num_probes - full * chunk)(keys[full * chunk :])
+        rest_nodes, rest_weights = batched_over_keys(one, num_probes - full * chunk)(keys[full * chunk :])
         nodes = jnp.concatenate([nodes, rest_nodes])
         weights = jnp.concatenate([weights, rest_weights])
     return _density_from_nodes(nodes, weights, grid, sigma, rel_sigma, grid_chunk_size, num_probes * num_steps, op.size)

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from losslab import _display as fmt
-from losslab.curvature.operators import LinearOperator
+from losslab import display as fmt
+from losslab.curvature.base import LinearOperator, require
 
 Array = jax.Array
 WHICH = ("largest", "smallest")
@@ -49,7 +49,7 @@ class EigenResult(NamedTuple):
         return jnp.abs(self.eigenvalues[0]) / jnp.abs(self.eigenvalues[-1])
 
     def __repr__(self) -> str:
-        conv = fmt._array(self.converged)
+        conv = fmt.as_array(self.converged)
         done = f"{int(conv.sum())}/{conv.size} converged" if conv is not None else "? converged"
         return (
             f"EigenResult(eigenvalues={fmt.values(self.eigenvalues)}, residual ≤ {fmt.largest(self.residuals)}, "
@@ -97,7 +97,8 @@ def _random_unit(key, n, dtype):
     return v / jnp.linalg.norm(v)
 
 
-def _check_steps(op: LinearOperator, num_steps: int, name: str = "num_steps"):
+def check_num_steps(op: LinearOperator, num_steps: int, name: str = "num_steps") -> None:
+    """Raises ``ValueError`` unless ``1 <= num_steps <= op.size``."""
     if not 1 <= num_steps <= op.size:
         raise ValueError(f"{name} must be in [1, n={op.size}], got {num_steps}")
 
@@ -133,7 +134,8 @@ def lanczos(
     Returns:
       A :class:`LanczosResult`.
     """
-    _check_steps(op, num_steps)
+    require(op, symmetric=True, algorithm="lanczos")
+    check_num_steps(op, num_steps)
     n, m, dtype = op.size, num_steps, op.dtype
     start_key, restart_key = jax.random.split(key)
     v0 = _random_unit(start_key, n, dtype) if init is None else init.astype(dtype) / jnp.linalg.norm(init)
@@ -219,7 +221,7 @@ def top_eigenpairs(
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     num_steps = min(op.size, max(4 * k, 40)) if num_steps is None else num_steps
-    _check_steps(op, num_steps)
+    check_num_steps(op, num_steps)
     if not 1 <= k <= num_steps:
         raise ValueError(f"k must be in [1, num_steps={num_steps}], got {k}")
     res = lanczos(op, key, num_steps=num_steps, reorthogonalize=reorthogonalize, init=init)
@@ -261,6 +263,7 @@ def power_iteration(
       reported vector is the one whose Rayleigh quotient and residual are reported.
       Cost: at most ``k * num_steps`` matvecs.
     """
+    require(op, symmetric=True, algorithm="power_iteration")
     if k < 1 or k > op.size:
         raise ValueError(f"k must be in [1, n={op.size}], got {k}")
     if num_steps < 1:
@@ -336,6 +339,7 @@ __all__ = [
     "WHICH",
     "EigenResult",
     "LanczosResult",
+    "check_num_steps",
     "condition_number",
     "lambda_max",
     "lambda_min",

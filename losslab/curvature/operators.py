@@ -35,199 +35,18 @@ Martens 2020 (GGN, Fisher); Kunstner et al. 2019 (empirical Fisher).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from losslab.curvature.base import LinearOperator, Select, flat_params, from_matrix, path_str, restrict, to_dense
+from losslab.curvature.kfac import kfac_operator
+from losslab.objective import check_mesh, chunked_sum
+from losslab.registry import lookup
+
 Array = jax.Array
-Select = str | Callable[[str, Array], bool] | None
-
-
-class LinearOperator(NamedTuple):
-    """An immutable symmetric linear operator on flat vectors of length ``size``.
-
-    Attributes:
-      matvec: ``(size,) -> (size,)``, the product with the matrix.
-      size: n, the number of (selected) parameters.
-      dtype: dtype of the vectors.
-      symmetric: always True for the curvature operators here.
-      psd: True for GGN / Fisher variants (positive semi-definite by construction).
-      ravel: params pytree -> flat ``(size,)`` vector (only the selected leaves).
-      unravel: flat ``(size,)`` vector -> full params pytree (zeros outside the selection).
-      name: a short description, e.g. ``"hessian"``.
-    """
-
-    matvec: Callable[[Array], Array]
-    size: int
-    dtype: Any
-    symmetric: bool = True
-    psd: bool = False
-    ravel: Callable[[Any], Array] = lambda tree: ravel_pytree(tree)[0]
-    unravel: Callable[[Array], Any] = lambda vec: vec
-    name: str = "operator"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(size, size)``, the shape of the matrix the operator represents."""
-        return (self.size, self.size)
-
-    def pytree_matvec(self, tree):
-        """The product on a params pytree: ``unravel(matvec(ravel(tree)))``."""
-        return self.unravel(self.matvec(self.ravel(tree)))
-
-    def __matmul__(self, vec: Array) -> Array:
-        """``op @ vec`` is ``op.matvec(vec)``."""
-        return self.matvec(vec)
-
-    def __repr__(self) -> str:
-        kind = "PSD" if self.psd else "symmetric" if self.symmetric else "general"
-        return f"LinearOperator({self.name}, {self.size}×{self.size}, {kind}, dtype={getattr(self.dtype, 'name', self.dtype)})"
-
-    def to_dense(self) -> Array:
-        """The ``(size, size)`` matrix (``size`` matvecs); see :func:`to_dense`."""
-        return to_dense(self)
-
-
-def from_matrix(matrix: Array, *, psd: bool = False, name: str = "matrix") -> LinearOperator:
-    """Wraps a dense symmetric ``(n, n)`` matrix as a :class:`LinearOperator` (for tests and toy problems)."""
-    matrix = jnp.asarray(matrix)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"from_matrix needs a square matrix, got shape {matrix.shape}")
-    return LinearOperator(
-        matvec=lambda v: matrix @ v,
-        size=int(matrix.shape[0]),
-        dtype=matrix.dtype,
-        psd=psd,
-        ravel=lambda v: jnp.asarray(v),
-        unravel=lambda v: v,
-        name=name,
-    )
-
-
-def to_dense(op: LinearOperator, *, chunk_size: int = 64) -> Array:
-    """Materialises ``op`` as a dense ``(n, n)`` matrix: column j is ``op.matvec(e_j)``.
-
-    Cost: n matvecs, mapped in chunks of ``chunk_size`` columns (memory: one chunk of
-    vectors). Meant for tests and small models (n up to a few thousand).
-    """
-    eye = jnp.eye(op.size, dtype=op.dtype)
-    cols = jax.lax.map(op.matvec, eye, batch_size=min(chunk_size, op.size))
-    return cols.T
-
-
-# ----------------------------------------------------------------------------
-# Parameter selection
-
-
-def path_str(path) -> str:
-    """``"layers/0/kernel"``-style string of a pytree key path."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
-def _selection(params, select: Select) -> list[bool]:
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    if select is None:
-        return [True] * len(leaves)
-    if isinstance(select, str):
-        mask = [select in path_str(p) for p, _ in leaves]
-    elif callable(select):
-        mask = [bool(select(path_str(p), leaf)) for p, leaf in leaves]
-    else:
-        raise ValueError(f"select must be None, a path substring or a callable(path, leaf) -> bool, got {select!r}")
-    if not any(mask):
-        paths = [path_str(p) for p, _ in leaves]
-        raise ValueError(f"select={select!r} matches no parameter; parameter paths are {paths}")
-    return mask
-
-
-class _Restriction(NamedTuple):
-    """Splits params into the selected leaves (the operator's domain) and the fixed rest."""
-
-    mask: tuple[bool, ...]
-    treedef: Any
-    leaves: tuple
-    unravel_sub: Callable
-
-    def sub(self, tree) -> list:
-        leaves = jax.tree.leaves(tree)
-        if len(leaves) != len(self.mask):
-            raise ValueError(f"expected a params pytree with {len(self.mask)} leaves, got {len(leaves)}")
-        return [leaf for leaf, m in zip(leaves, self.mask) if m]
-
-    def combine(self, sub) -> Any:
-        it = iter(sub)
-        return jax.tree.unflatten(self.treedef, [next(it) if m else leaf for leaf, m in zip(self.leaves, self.mask)])
-
-    def ravel(self, tree) -> Array:
-        return ravel_pytree(self.sub(tree))[0]
-
-    def unravel(self, vec) -> Any:
-        sub = iter(self.unravel_sub(vec))
-        full = [next(sub) if m else jnp.zeros_like(leaf) for leaf, m in zip(self.leaves, self.mask)]
-        return jax.tree.unflatten(self.treedef, full)
-
-
-def _restrict(params, select: Select) -> tuple[_Restriction, list, int, Any]:
-    mask = _selection(params, select)
-    leaves, treedef = jax.tree.flatten(params)
-    sub = [leaf for leaf, m in zip(leaves, mask) if m]
-    flat, unravel_sub = ravel_pytree(sub)
-    return _Restriction(tuple(mask), treedef, tuple(leaves), unravel_sub), sub, int(flat.size), flat.dtype
-
-
-# ----------------------------------------------------------------------------
-# Exact chunked sums over a dataset (pytree rows, optional mesh sharding)
-
-
-def _chunked_sum(fn: Callable, rows, chunk_size: int, mesh=None, axis: str = "data"):
-    """Sums ``fn(rows_chunk, weights)`` over fixed-size chunks of ``rows`` in one ``lax.scan``.
-
-    ``rows`` is a pytree of arrays sharing the leading dimension N. The last chunk is
-    padded with copies of row 0 at weight 0, so the sum is exact. With a ``mesh`` each
-    chunk's rows are sharded over ``axis`` (the chunk size must divide evenly).
-    """
-    n = jax.tree.leaves(rows)[0].shape[0]
-    chunk_size = min(chunk_size, n)
-    num_chunks = -(-n // chunk_size)
-    pad = num_chunks * chunk_size - n
-    dtype = jnp.result_type(
-        *[a.dtype for a in jax.tree.leaves(rows) if jnp.issubdtype(a.dtype, jnp.floating)] or [float]
-    )
-
-    def prepare(a):
-        a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
-        return a.reshape(num_chunks, chunk_size, *a.shape[1:])
-
-    weights = jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((pad,), dtype)]).reshape(num_chunks, chunk_size)
-    chunks = jax.tree.map(prepare, rows)
-    if mesh is not None:
-        spec = jax.sharding.PartitionSpec(None, axis)
-        sharding = jax.sharding.NamedSharding(mesh, spec)
-        chunks, weights = jax.lax.with_sharding_constraint((chunks, weights), sharding)
-    if num_chunks == 1:
-        return fn(jax.tree.map(lambda a: a[0], chunks), weights[0])
-    first = jax.tree.map(lambda a: a[0], chunks)
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first, weights[0]))
-
-    def body(acc, chunk):
-        r, w = chunk
-        return jax.tree.map(jnp.add, acc, fn(r, w)), None
-
-    total, _ = jax.lax.scan(body, init, (chunks, weights))
-    return total
-
-
-def _check_mesh(mesh, axis, chunk_size, n):
-    if mesh is None:
-        return
-    if axis not in mesh.axis_names:
-        raise ValueError(f"the mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
-    d = mesh.shape[axis]
-    c = min(chunk_size, n)
-    if c % d:
-        raise ValueError(f"the chunk of {c} rows does not split evenly over the {d} devices of mesh axis {axis!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -238,8 +57,8 @@ def _setup(objective, params, batch, select, mesh, axis):
     params = objective.params if params is None else params
     x, y = objective.batch("train") if batch is None else batch
     n = int(x.shape[0])
-    _check_mesh(mesh, axis, objective.chunk_size, n)
-    restriction, sub0, size, dtype = _restrict(params, select)
+    check_mesh(mesh, axis, objective.chunk_size, n)
+    restriction, sub0, size, dtype = restrict(params, select)
     return restriction, sub0, size, dtype, (x, y), n
 
 
@@ -285,7 +104,7 @@ def hessian_operator(
             g = lambda s: jax.grad(chunk_loss)(s, r[0], r[1], w)
             return jax.jvp(g, (sub0,), (tangent,))[1]
 
-        out = jax.tree.map(lambda a: a / n, _chunked_sum(chunk_hvp, rows, objective.chunk_size, mesh, axis))
+        out = jax.tree.map(lambda a: a / n, chunked_sum(chunk_hvp, rows, objective.chunk_size, mesh=mesh, axis=axis))
         if include_regularizer and objective.regularizers:
             reg = lambda s: objective.regularization(restriction.combine(s))
             out = jax.tree.map(jnp.add, out, jax.jvp(jax.grad(reg), (sub0,), (tangent,))[1])
@@ -294,10 +113,31 @@ def hessian_operator(
     return LinearOperator(matvec, size, dtype, True, False, restriction.ravel, restriction.unravel, "hessian")
 
 
-def _output_space_operator(objective, params, batch, select, mesh, axis, output_matvec, extra_rows, name):
-    """Shared ``J^T M J`` construction: ``output_matvec(z, y, extra, u, w) -> (chunk, D)``."""
+def _output_space_operator(objective, params, batch, select, mesh, axis, output_matvec, extra_rows, name, linearize):
+    """Shared ``J^T M J`` construction: ``output_matvec(z, y, extra, u, w) -> (chunk, D)``.
+
+    ``linearize``: linearise the model once (``jax.linearize``) and reuse it for every product
+    (one tangent and one transposed pass per matvec, no primal recomputation); needs the batch
+    to be one chunk. This is the natural-gradient optimizers' hot path.
+    """
     restriction, sub0, size, dtype, (x, y), n = _setup(objective, params, batch, select, mesh, axis)
     rows = (x, y, extra_rows(n))
+    if linearize:
+        if n > objective.chunk_size:
+            raise ValueError(
+                f"linearize=True needs the batch in one chunk: {n} rows > chunk_size {objective.chunk_size}"
+            )
+        f = lambda s: objective.outputs(restriction.combine(s), x)
+        z, jvp = jax.linearize(f, sub0)
+        transpose = jax.linear_transpose(jvp, sub0)
+        w = jnp.ones((n,), z.dtype)
+
+        def matvec(vec):
+            mu = output_matvec(z, y, rows[2], jvp(restriction.unravel_sub(vec)), w)
+            (out,) = transpose(mu.astype(z.dtype))
+            return ravel_pytree(jax.tree.map(lambda a: a / n, out))[0].astype(dtype)
+
+        return LinearOperator(matvec, size, dtype, True, True, restriction.ravel, restriction.unravel, name)
 
     def matvec(vec):
         tangent = restriction.unravel_sub(vec)
@@ -310,7 +150,7 @@ def _output_space_operator(objective, params, batch, select, mesh, axis, output_
             _, vjp = jax.vjp(f, sub0)
             return vjp(mu.astype(z.dtype))[0]
 
-        out = _chunked_sum(chunk_product, rows, objective.chunk_size, mesh, axis)
+        out = chunked_sum(chunk_product, rows, objective.chunk_size, mesh=mesh, axis=axis)
         return ravel_pytree(jax.tree.map(lambda a: a / n, out))[0].astype(dtype)
 
     return LinearOperator(matvec, size, dtype, True, True, restriction.ravel, restriction.unravel, name)
@@ -321,7 +161,7 @@ def _no_extra(n):
 
 
 def ggn_operator(
-    objective, params=None, batch=None, *, select: Select = None, mesh=None, axis: str = "data"
+    objective, params=None, batch=None, *, select: Select = None, mesh=None, axis: str = "data", linearize: bool = False
 ) -> LinearOperator:
     r"""The generalized Gauss-Newton matrix :math:`G = \frac1N \sum_i J_i^\top H_{L,i} J_i` (data term).
 
@@ -331,18 +171,22 @@ def ggn_operator(
     the true Fisher for softmax cross-entropy and MSE. Cost per product: one jvp and one vjp
     of the model per chunk (about a gradient and a half). Regularizers are not included.
 
-    Args: as :func:`hessian_operator`.
+    Args: as :func:`hessian_operator` (without ``include_regularizer``), plus ``linearize``:
+    linearise the model once and reuse it for every product (the batch must be one chunk;
+    the natural-gradient optimizers' minibatch hot path).
     """
 
     def output_matvec(z, y, _, u, w):
         g = lambda zz: jax.grad(lambda q: jnp.sum(w * objective.loss_fn(q, y)))(zz)
         return jax.jvp(g, (z,), (u,))[1]
 
-    return _output_space_operator(objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "ggn")
+    return _output_space_operator(
+        objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "ggn", linearize
+    )
 
 
 def fisher_operator(
-    objective, params=None, batch=None, *, select: Select = None, mesh=None, axis: str = "data"
+    objective, params=None, batch=None, *, select: Select = None, mesh=None, axis: str = "data", linearize: bool = False
 ) -> LinearOperator:
     r"""The true Fisher :math:`F = \frac1N \sum_i J_i^\top F_{L,i} J_i`, analytic in the outputs.
 
@@ -363,10 +207,12 @@ def fisher_operator(
     def output_matvec(z, y, _, u, w):
         return w[:, None] * likelihood.fisher_matvec(z, u)
 
-    return _output_space_operator(objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "fisher")
+    return _output_space_operator(
+        objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "fisher", linearize
+    )
 
 
-def _sampled_nll_grads(likelihood, key: Array, i, z: Array, num_samples: int) -> Array:
+def sampled_nll_grads(likelihood, key: Array, i, z: Array, num_samples: int) -> Array:
     """``(S, D)`` output gradients of the NLL at S labels sampled from the model for example i.
 
     Example i draws from ``fold_in(key, i)``, so every user of the MC Fisher sees the same labels.
@@ -386,6 +232,7 @@ def mc_fisher_operator(
     select: Select = None,
     mesh=None,
     axis: str = "data",
+    linearize: bool = False,
 ) -> LinearOperator:
     r"""The Monte-Carlo Fisher :math:`\hat F = \frac1N \sum_i \frac1S \sum_s g_{is} g_{is}^\top`.
 
@@ -411,18 +258,18 @@ def mc_fisher_operator(
 
     def output_matvec(z, y, idx, u, w):
         def per_row(i, zi, ui):
-            r = _sampled_nll_grads(likelihood, key, i, zi, num_samples)
+            r = sampled_nll_grads(likelihood, key, i, zi, num_samples)
             return jnp.mean(r * (r @ ui)[:, None], axis=0)
 
         return w[:, None] * jax.vmap(per_row)(idx, z, u)
 
     return _output_space_operator(
-        objective, params, batch, select, mesh, axis, output_matvec, lambda n: jnp.arange(n), "mc_fisher"
+        objective, params, batch, select, mesh, axis, output_matvec, lambda n: jnp.arange(n), "mc_fisher", linearize
     )
 
 
 def empirical_fisher_operator(
-    objective, params=None, batch=None, *, select: Select = None, mesh=None, axis: str = "data"
+    objective, params=None, batch=None, *, select: Select = None, mesh=None, axis: str = "data", linearize: bool = False
 ) -> LinearOperator:
     r"""The empirical Fisher :math:`\tilde F = \frac1N \sum_i g_i g_i^\top` at the *true* labels.
 
@@ -445,34 +292,131 @@ def empirical_fisher_operator(
         return (w * jnp.sum(r * u, axis=-1))[:, None] * r
 
     return _output_space_operator(
-        objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "empirical_fisher"
+        objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "empirical_fisher", linearize
     )
 
 
-OPERATORS = {
-    "hessian": hessian_operator,
-    "ggn": ggn_operator,
-    "fisher": fisher_operator,
-    "empirical_fisher": empirical_fisher_operator,
+# ----------------------------------------------------------------------------
+# The one registry: operator name -> constructor with one signature
+
+
+class OperatorSpec(NamedTuple):
+    """A registered curvature operator.
+
+    Attributes:
+      name: the registry key ("hessian", "ggn", ...).
+      build: ``(objective, params, batch, *, key, select, mesh, axis, **options) -> LinearOperator``.
+      title: the name in sentences ("Hessian", "GGN", ...).
+      psd: whether the matrix is positive semi-definite by construction.
+      needs_likelihood: whether the loss must be a negative log-likelihood.
+      needs_key: whether the matrix depends on a PRNG key (sampled labels).
+      exact_diagonal: whether :mod:`losslab.curvature.backprop` computes its exact diagonal.
+    """
+
+    name: str
+    build: Callable[..., LinearOperator]
+    title: str
+    psd: bool
+    needs_likelihood: bool
+    needs_key: bool
+    exact_diagonal: bool
+
+
+def _no_key(fn):
+    def build(objective, params=None, batch=None, *, key=None, select=None, mesh=None, axis="data", **options):
+        return fn(objective, params, batch, select=select, mesh=mesh, axis=axis, **options)
+
+    build.__doc__ = fn.__doc__
+    return build
+
+
+def _mc_fisher(objective, params=None, batch=None, *, key=None, select=None, mesh=None, axis="data", **options):
+    return mc_fisher_operator(objective, params, key, batch, select=select, mesh=mesh, axis=axis, **options)
+
+
+def _kfac(objective, params=None, batch=None, *, key=None, select=None, mesh=None, axis="data", **options):
+    if select is not None or mesh is not None:
+        raise ValueError("the kfac operator acts on all parameters on one device: select= and mesh= are not supported")
+    params = objective.params if params is None else params
+    return kfac_operator(objective, params, batch, key=key, **options)
+
+
+OPERATORS: dict[str, OperatorSpec] = {
+    "hessian": OperatorSpec("hessian", _no_key(hessian_operator), "Hessian", False, False, False, True),
+    "ggn": OperatorSpec("ggn", _no_key(ggn_operator), "GGN", True, False, False, True),
+    "fisher": OperatorSpec("fisher", _no_key(fisher_operator), "Fisher", True, True, False, True),
+    "empirical_fisher": OperatorSpec(
+        "empirical_fisher", _no_key(empirical_fisher_operator), "empirical Fisher", True, True, False, True
+    ),
+    "mc_fisher": OperatorSpec("mc_fisher", _mc_fisher, "MC Fisher", True, True, True, True),
+    "kfac": OperatorSpec("kfac", _kfac, "K-FAC", True, True, False, False),
 }
 
 
-def flat_params(params, select: Select = None) -> Array:
-    """The flat ``(n,)`` vector of the (selected) params, in the operators' ordering (``op.ravel(params)``)."""
-    restriction, _, _, _ = _restrict(params, select)
-    return restriction.ravel(params)
+def operator_spec(name: str) -> OperatorSpec:
+    """The :class:`OperatorSpec` registered under ``name``; ``ValueError`` lists the valid names."""
+    return lookup(OPERATORS, name, "operator")
+
+
+def check_operator(name: str, objective, *, key=None, exact_diagonal: bool = False) -> OperatorSpec:
+    """Eager checks for building operator ``name`` on ``objective``; returns its spec.
+
+    Raises:
+      ValueError: unknown name (listing the valid ones), a loss without a likelihood for a Fisher,
+        a missing key for a sampled operator, or (``exact_diagonal``) an operator without one.
+    """
+    spec = operator_spec(name)
+    if spec.needs_likelihood:
+        objective.loss_fn.require_likelihood()
+    if spec.needs_key and key is None:
+        raise ValueError(f"the {name} operator samples labels and needs a PRNG key")
+    if exact_diagonal and not spec.exact_diagonal:
+        valid = sorted(n for n, s in OPERATORS.items() if s.exact_diagonal)
+        raise ValueError(f"no exact backprop diagonal for operator {name!r}; valid: {valid}")
+    return spec
+
+
+def make_operator(
+    name: str,
+    objective,
+    params=None,
+    batch=None,
+    *,
+    key: Array | None = None,
+    select: Select = None,
+    mesh=None,
+    axis: str = "data",
+    **options,
+) -> LinearOperator:
+    """Builds the registered operator ``name`` (see :data:`OPERATORS`) of the mean loss over ``batch``.
+
+    The one entry point every consumer uses (one-liners, probes, natural gradient, backprop
+    diagonals). ``key`` is needed by sampled operators ("mc_fisher"); ``options`` go to the
+    constructor (``include_regularizer``, ``linearize``, ``num_samples``, ``estimator``, ...).
+    Cost: that of the constructor (K-FAC builds its factors; the others are lazy).
+    """
+    spec = check_operator(name, objective, key=key)
+    return spec.build(objective, params, batch, key=key, select=select, mesh=mesh, axis=axis, **options)
 
 
 __all__ = [
     "OPERATORS",
     "LinearOperator",
+    "OperatorSpec",
+    "Select",
+    "check_operator",
     "empirical_fisher_operator",
     "fisher_operator",
     "flat_params",
     "from_matrix",
     "ggn_operator",
     "hessian_operator",
+    "kfac_operator",
+    "make_operator",
     "mc_fisher_operator",
+    "operator_spec",
     "path_str",
+    "restrict",
+    "sampled_nll_grads",
     "to_dense",
 ]

@@ -19,8 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from losslab import _display as fmt
-from losslab.curvature.operators import LinearOperator
+from losslab import display as fmt
+from losslab.curvature.base import LinearOperator
 
 Array = jax.Array
 DISTRIBUTIONS = ("rademacher", "gaussian")
@@ -68,7 +68,8 @@ def _check(distribution: str, chunk_size: int):
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
-def _probe(key, n, dtype, distribution):
+def probe_vector(key, n, dtype, distribution):
+    """One ``(n,)`` probe vector: Rademacher (±1) or standard Gaussian entries."""
     if distribution == "rademacher":
         return jax.random.rademacher(key, (n,), dtype)
     elif distribution == "gaussian":
@@ -105,7 +106,7 @@ def shard_probes(keys, mesh, axis: str):
     return jax.lax.with_sharding_constraint(keys, sharding)
 
 
-def check_mesh(mesh, axis: str, chunk_size: int):
+def check_probe_mesh(mesh, axis: str, chunk_size: int):
     """Validates a probe mesh eagerly: the axis exists and divides ``chunk_size``."""
     if mesh is None:
         return
@@ -117,7 +118,7 @@ def check_mesh(mesh, axis: str, chunk_size: int):
         )
 
 
-def _batched(fn, chunk_size: int, mesh=None, axis: str = "data"):
+def batched_over_keys(fn, chunk_size: int, mesh=None, axis: str = "data"):
     """``fn`` mapped over a chunk of keys: vmapped, or a plain call for a chunk of one.
 
     A size-1 vmap is not free: XLA keeps the unit batch dimension and inserts transposes
@@ -142,14 +143,14 @@ def _map_stats(fn, keys, chunk_size: int, mesh=None, axis: str = "data"):
     m = keys.shape[0]
     chunk_size = min(chunk_size, m)
     full, rem = divmod(m, chunk_size)
-    batched = _batched(fn, chunk_size, mesh, axis)
+    batched = batched_over_keys(fn, chunk_size, mesh, axis)
 
     head = keys[: full * chunk_size].reshape(full, chunk_size, *keys.shape[1:])
     stats = _chunk_stats(batched(head[0]))
     if full > 1:
         stats, _ = jax.lax.scan(lambda s, ks: (_merge(s, _chunk_stats(batched(ks))), None), stats, head[1:])
     if rem:
-        stats = _merge(stats, _chunk_stats(_batched(fn, rem, mesh, axis)(keys[full * chunk_size :])))
+        stats = _merge(stats, _chunk_stats(batched_over_keys(fn, rem, mesh, axis)(keys[full * chunk_size :])))
     return stats
 
 
@@ -193,13 +194,13 @@ def hutchinson_trace(
       A :class:`TraceResult` (estimate, std_error, num_matvecs).
     """
     _check(distribution, chunk_size)
-    check_mesh(mesh, axis, chunk_size)
+    check_probe_mesh(mesh, axis, chunk_size)
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2 to report a standard error, got {num_probes}")
     n, dtype = op.size, op.dtype
 
     def quad(k):
-        v = _probe(k, n, dtype, distribution)
+        v = probe_vector(k, n, dtype, distribution)
         return jnp.vdot(v, op.matvec(v))
 
     keys = jax.random.split(key, num_probes)
@@ -212,7 +213,7 @@ def hutchinson_trace(
     chunk_size = min(chunk_size, num_probes)
     num_chunks = num_probes // chunk_size  # the adaptive run spends whole chunks only
     chunks = keys[: num_chunks * chunk_size].reshape(num_chunks, chunk_size, *keys.shape[1:])
-    batched = _batched(quad, chunk_size, mesh, axis)
+    batched = batched_over_keys(quad, chunk_size, mesh, axis)
     min_chunks = max(2, -(-min_probes // chunk_size))
 
     def se(stats):
@@ -277,14 +278,14 @@ def hutchpp_trace(
     sketch_key, probe_key = jax.random.split(key)
     batch = min(chunk_size, s)
 
-    sketch = jax.vmap(lambda k: _probe(k, n, dtype, distribution))(jax.random.split(sketch_key, s))
+    sketch = jax.vmap(lambda k: probe_vector(k, n, dtype, distribution))(jax.random.split(sketch_key, s))
     y = _map_matvec(op, sketch, batch)
     q = jnp.linalg.qr(y.T)[0].T  # (s, n) orthonormal rows
     aq = _map_matvec(op, q, batch)
     top = jnp.sum(q * aq)
 
     def quad(k):
-        v = _probe(k, n, dtype, distribution)
+        v = probe_vector(k, n, dtype, distribution)
         v = v - q.T @ (q @ v)
         return jnp.vdot(v, op.matvec(v))
 
@@ -319,12 +320,12 @@ def hutchinson_diagonal(
       A :class:`DiagonalResult` with ``(n,)`` estimate and standard errors.
     """
     _check(distribution, chunk_size)
-    check_mesh(mesh, axis, chunk_size)
+    check_probe_mesh(mesh, axis, chunk_size)
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2, got {num_probes}")
 
     def prod(k):
-        v = _probe(k, op.size, op.dtype, distribution)
+        v = probe_vector(k, op.size, op.dtype, distribution)
         return v * op.matvec(v)
 
     count, mean, m2 = _map_stats(prod, jax.random.split(key, num_probes), chunk_size, mesh, axis)
@@ -335,7 +336,9 @@ __all__ = [
     "DISTRIBUTIONS",
     "DiagonalResult",
     "TraceResult",
-    "check_mesh",
+    "batched_over_keys",
+    "check_probe_mesh",
+    "probe_vector",
     "hutchinson_diagonal",
     "hutchinson_trace",
     "hutchpp_trace",

@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colors as mcolors
 
+from losslab.plot import training as training_plot
+
 CMAP = "viridis"
 
 
@@ -346,10 +348,8 @@ def save(fig, path: str, *, dpi: int = 150) -> list[str]:
     stem, _ = os.path.splitext(path)
     directory = os.path.dirname(os.path.abspath(stem))
     os.makedirs(directory, exist_ok=True)
-    from losslab.plot.training import save as _save
-
     if not fig.get_constrained_layout():
         fig.tight_layout()
-    out = _save(fig, stem, dpi=dpi, bbox_inches="tight")
+    out = training_plot.save(fig, stem, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return out

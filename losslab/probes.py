@@ -1,7 +1,7 @@
-"""In-training curvature probes for :func:`losslab.train.train` (``probes={...}, probe_every=k``).
+"""In-training probes for :func:`losslab.train.train` (``probes={...}, probe_every=k``).
 
-Each probe is a :class:`losslab.train.Probe` compiled into the training
-program (it runs under ``lax.cond`` every k steps). The λ_max probe carries
+A :class:`Probe` is compiled into the training program (it runs under ``lax.cond``
+every k steps) and may carry state from one call to the next. The λ_max probe carries
 its last top eigenvector in the probe state, so a few warm-started
 Lanczos/power steps per call track λ_max as it drifts during training
 (the edge-of-stability measurements of Cohen et al. 2021 use the same idea).
@@ -9,22 +9,54 @@ Lanczos/power steps per call track λ_max as it drifts during training
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
+import optax
 
+from losslab.curvature import backprop
+from losslab.curvature.base import restrict
 from losslab.curvature.eigen import power_iteration, top_eigenpairs
-from losslab.curvature.operators import OPERATORS, _restrict
+from losslab.curvature.operators import OPERATORS, make_operator, operator_spec
 from losslab.curvature.trace import hutchinson_trace, hutchpp_trace
-from losslab.train import Probe, grad_norm_probe
 
 METHODS = ("lanczos", "power")
 TRACE_METHODS = ("hutchinson", "hutchpp", "backprop")
+# Operators a probe can rebuild on every call from (objective, params, batch): the lazily built ones.
+PROBE_OPERATORS = tuple(name for name, spec in OPERATORS.items() if not spec.needs_key and name != "kfac")
 
 
-def _operator_factory(operator: str):
-    if operator not in OPERATORS:
-        raise ValueError(f"operator must be one of {sorted(OPERATORS)}, got {operator!r}")
-    return OPERATORS[operator]
+class Probe(NamedTuple):
+    """A measurement taken every k steps inside the compiled training loop.
+
+    Attributes:
+      init: ``(objective, params) -> state`` (any pytree, e.g. a warm-start vector).
+      fn: ``(objective, params, batch, state, key) -> (value, new_state)``;
+        ``value`` is a scalar or a flat dict of scalars; ``batch`` is the current minibatch
+        and ``objective`` carries the current BatchNorm statistics.
+    """
+
+    init: Callable[[Any, Any], Any]
+    fn: Callable[..., tuple[Any, Any]]
+
+
+def grad_norm_probe(full_batch: bool = False) -> Probe:
+    r"""Probe of :math:`\lVert \nabla L(\theta) \rVert_2` on the minibatch (or the full training set)."""
+
+    def fn(obj, params, batch, state, key):
+        b = None if full_batch else batch
+        g = jax.grad(obj.loss)(params, b)
+        return optax.global_norm(g), state
+
+    return Probe(lambda obj, params: (), fn)
+
+
+def _check_operator(operator: str) -> None:
+    operator_spec(operator)
+    if operator not in PROBE_OPERATORS:
+        raise ValueError(f"probes support the operators {PROBE_OPERATORS}, got {operator!r}")
 
 
 def lambda_max_probe(
@@ -52,23 +84,23 @@ def lambda_max_probe(
       with_residual: report ``{"value", "residual"}`` instead of the bare value.
 
     Returns:
-      A :class:`losslab.train.Probe` whose state is the last flat top eigenvector.
+      A :class:`Probe` whose state is the last flat top eigenvector.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    make_op = _operator_factory(operator)
+    _check_operator(operator)
 
     def init(objective, params):
-        _, _, size, dtype = _restrict(params, None)
+        _, _, size, dtype = restrict(params, None)
         if num_steps > size:
             raise ValueError(f"num_steps={num_steps} exceeds the number of parameters {size}")
         v = jax.random.normal(jax.random.key(seed), (size,), dtype)
         return v / jnp.linalg.norm(v)
 
     def fn(objective, params, batch, state, key):
-        op = make_op(objective, params, None if full_batch else batch)
+        op = make_operator(operator, objective, params, None if full_batch else batch)
         if method == "lanczos":
             res = top_eigenpairs(op, key, k=1, num_steps=num_steps, init=state)
         else:
@@ -108,18 +140,16 @@ def trace_probe(
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
     if num_probes < (4 if method == "hutchpp" else 2):
         raise ValueError(f"num_probes={num_probes} is too small for {method}")
-    make_op = _operator_factory(operator)
+    _check_operator(operator)
     if method == "backprop":
-        from losslab.curvature import backprop
 
         def init(objective, params):
-            if operator == "hessian":
-                backprop._require_piecewise_linear(objective, params, None, 256)
+            backprop.check(objective, params, operator=operator)
             return ()
 
         def exact(objective, params, batch, state, key):
-            parts = backprop._diagonal_tree(
-                objective, params, None if full_batch else batch, operator, None, 1, None, "data", True
+            parts = backprop.diagonal_tree(
+                objective, params, None if full_batch else batch, operator=operator, trace_only=True
             )
             value = sum(jax.tree.leaves(parts))
             out = {"value": value, "std_error": jnp.zeros_like(value)} if with_std_error else value
@@ -128,7 +158,7 @@ def trace_probe(
         return Probe(init, exact)
 
     def fn(objective, params, batch, state, key):
-        op = make_op(objective, params, None if full_batch else batch)
+        op = make_operator(operator, objective, params, None if full_batch else batch)
         if method == "hutchinson":
             res = hutchinson_trace(op, key, num_probes=num_probes)
         else:
@@ -139,4 +169,4 @@ def trace_probe(
     return Probe(lambda objective, params: (), fn)
 
 
-__all__ = ["grad_norm_probe", "lambda_max_probe", "trace_probe"]
+__all__ = ["METHODS", "PROBE_OPERATORS", "TRACE_METHODS", "Probe", "grad_norm_probe", "lambda_max_probe", "trace_probe"]

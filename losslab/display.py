@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 
-def _array(x) -> np.ndarray | None:
+def as_array(x) -> np.ndarray | None:
     """``x`` as a numeric NumPy array, or None when it has no concrete numbers (tracer, shape struct)."""
     if isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct)):
         return None
@@ -24,7 +24,7 @@ def num(x, digits: int = 4) -> str:
     """Scalar ``x`` with ``digits`` significant digits (``?`` when not concrete, ``—`` for None)."""
     if x is None:
         return "—"
-    arr = _array(x)
+    arr = as_array(x)
     if arr is None or arr.size != 1:
         return "?"
     if arr.dtype == bool:
@@ -48,7 +48,7 @@ def seconds(s: float, compiled: bool = False) -> str:
 
 def values(xs, digits: int = 4, limit: int = 5) -> str:
     """``[a, b, c, …]``: the first ``limit`` entries of a 1-D array."""
-    arr = _array(xs)
+    arr = as_array(xs)
     if arr is None:
         return "[?]"
     flat = arr.reshape(-1)
@@ -58,7 +58,7 @@ def values(xs, digits: int = 4, limit: int = 5) -> str:
 
 def largest(xs, digits: int = 2) -> str:
     """The largest entry of an array (``?`` when not concrete or empty)."""
-    arr = _array(xs)
+    arr = as_array(xs)
     if arr is None or arr.size == 0:
         return "?"
     return num(np.max(arr), digits)
@@ -66,7 +66,7 @@ def largest(xs, digits: int = 2) -> str:
 
 def entry(xs, index: int, digits: int = 4) -> str:
     """``xs[index]`` of a 1-D array (``?`` when not concrete or out of range)."""
-    arr = _array(xs)
+    arr = as_array(xs)
     if arr is None or arr.ndim != 1 or not -arr.size <= index < arr.size:
         return "?"
     return num(arr[index], digits)
@@ -79,7 +79,7 @@ def shape(x) -> tuple:
 
 def span(xs, digits: int = 4) -> str:
     """``[min, max]`` over the finite entries of an array (``[?]`` when traced, ``[]`` when empty)."""
-    arr = _array(xs)
+    arr = as_array(xs)
     if arr is None:
         return "[?]"
     arr = arr.astype(np.float64).reshape(-1)
