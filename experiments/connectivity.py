@@ -25,8 +25,11 @@ the training loss and test error on that plane
 parameter-space units) are drawn with both paths on them (Garipov et al. 2018,
 Fig. 1).
 
-Feeds: ``figures/mode_connectivity`` (paper figure 11). The summary reports the
-linear vs Bezier barriers (loss and error) and a verdict computed from them.
+Verdict: (a) a barrier on the line: the linear train-loss barrier exceeds the endpoints'
+mean training loss; (b) a low-loss curve: the Bezier barrier is at most
+``LOW_BARRIER_FRACTION`` of the linear one (see :func:`verdict`).
+
+Feeds: ``figures/mode_connectivity`` (paper figure 11; :func:`figure`).
 
     python -m experiments.connectivity            # the default run, ≈ 1.5 minutes on 2 CPU cores
     python -m experiments.connectivity --quick    # seconds, for tests
@@ -36,7 +39,6 @@ linear vs Bezier barriers (loss and error) and a verdict computed from them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import jax
@@ -44,13 +46,18 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from experiments import common
-from experiments.common import parse_config, run_sweep
+from experiments.common import COMBINE_RULE, Verdict, combine, load_row, parse_config, run_sweep
 from losslab import Objective, data
 from losslab import directions as D
 from losslab import surface as S
 from losslab.results import RunStore
 
 EXPERIMENT = "connectivity"
+FIGURE = "mode_connectivity"
+CLAIM = ("independently trained minima are separated by a barrier on the straight line but joined by a simple "
+         "low-loss curve (Garipov et al. 2018; Draxler et al. 2018).")
+# The curve is "low-loss" when its train-loss barrier is at most this fraction of the linear one.
+LOW_BARRIER_FRACTION = 0.1
 PATH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 # Barriers are reported for these quantities; errors are 1 − accuracy.
 BARRIER_QUANTITIES = ("train_loss", "test_loss", "train_error", "test_error")
@@ -58,7 +65,13 @@ BARRIER_QUANTITIES = ("train_loss", "test_loss", "train_error", "test_error")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Two minima, their linear path, a trained Bezier curve and their plane; defaults are the real run."""
+    """Two minima, their linear path, a trained Bezier curve and their plane; defaults are the real run.
+
+    Varied: the endpoint seed (``seeds``: initialisation and batch order). Fixed: the MLP,
+    Adam, MNIST-1D. Stopping: each endpoint trains until its training loss is below
+    ``target_loss`` (at most ``max_epochs``). Statistic: the barrier height
+    max_t L(t) − ½ (L(0) + L(1)) along each path, at ``num_points`` values of t.
+    """
 
     num_samples: int = 5000  # MNIST-1D samples (3200 train / 800 val / 1000 test)
     widths: tuple[int, ...] = (128, 128)
@@ -76,7 +89,8 @@ class Config:
     plane_margin: float = 0.2  # margin around the three points, as a fraction of their extent
 
 
-def quick_config() -> Config:
+def quick() -> Config:
+    """A small MLP, a few epochs and Bezier steps, a 5×5 plane."""
     return Config(num_samples=1000, widths=(16,), max_epochs=4, target_loss=0.0, num_points=7, bezier_steps=60,
                   bezier_batch=32, plane_points=5)
 
@@ -193,7 +207,14 @@ def _configs(config: Config) -> dict:
 
 
 def run(config: Config, out_dir: str) -> dict:
-    """Runs (or resumes) the study into ``<out_dir>/connectivity/`` and draws its figure."""
+    """Runs (or resumes) the study into ``<out_dir>/connectivity/``.
+
+    Returns the rows: ``{"endpoints": [Row, Row], "paths": Row, "plane": Row | None}``
+    (:class:`common.Row`). ``paths.metrics`` holds the ``linear`` and ``bezier``
+    :func:`barrier_heights`; its arrays ``t`` and ``<path>_<split>_loss`` /
+    ``<path>_<split>_accuracy``; the plane's arrays ``x``, ``y``, ``coords`` (θ_A, θ_B, θ_C)
+    and the metrics on the grid.
+    """
     store = RunStore(out_dir, EXPERIMENT)
     cfgs = _configs(config)
     run_sweep(store, [(c, train_endpoint) for c in cfgs["train"]], desc="connectivity: endpoints")
@@ -201,18 +222,17 @@ def run(config: Config, out_dir: str) -> dict:
     if cfgs["plane"] is not None:
         todo.append((cfgs["plane"], lambda c: plane(store, c)))
     run_sweep(store, todo, desc="connectivity: paths")
-    runs = {"endpoints": [store.load(c) for c in cfgs["train"]], "paths": store.load(cfgs["paths"]),
-            "plane": None if cfgs["plane"] is None else store.load(cfgs["plane"])}
-    figs = draw(runs, os.path.join(out_dir, EXPERIMENT))
-    return {"runs": runs, "figures": figs, "summary": summarize(runs)}
+    return {"endpoints": [load_row(store, c, arrays=False) for c in cfgs["train"]],
+            "paths": load_row(store, cfgs["paths"]),
+            "plane": None if cfgs["plane"] is None else load_row(store, cfgs["plane"])}
 
 
 # --------------------------------------------------------------------------
-# Summary and figure (from stored runs only)
+# Verdict and figure (from stored rows only)
 
 
-def verdict(linear: dict, bezier: dict) -> str:
-    """One sentence comparing the barrier heights of the two paths (train loss and test error)."""
+def barrier_reading(linear: dict, bezier: dict) -> str:
+    """One sentence comparing the barrier heights of the two paths (train loss, test loss and test error)."""
     def phrase(q, unit_scale, unit):
         lo, bz = linear[q]["height"] * unit_scale, bezier[q]["height"] * unit_scale
         name = q.replace("_", " ")
@@ -224,7 +244,7 @@ def verdict(linear: dict, bezier: dict) -> str:
     text = "the Bezier path " + ", ".join(parts[:-1]) + " and " + parts[-1]
     lin, bez = linear["train_loss"]["height"], bezier["train_loss"]["height"]
     ends = linear["train_loss"].get("endpoints")
-    if bez < lin and bez <= 0.1 * lin:
+    if bez < lin and bez <= LOW_BARRIER_FRACTION * lin:
         if lin > (abs(float(np.mean(ends))) if ends else 0.0):
             text += "; the two minima are connected by a low-loss curve but not by a straight line"
         else:
@@ -232,32 +252,45 @@ def verdict(linear: dict, bezier: dict) -> str:
     return text
 
 
-def summarize(runs: dict) -> dict:
-    ends = [{"seed": r.config["seed"], **{k: r.metrics[k] for k in ("train_loss", "train_error", "test_loss",
-                                                                   "test_error", "epochs")}}
-            for r in runs["endpoints"]]
-    m = runs["paths"].metrics
-    table = [{"path": name, **{q: m[name][q]["height"] for q in BARRIER_QUANTITIES}} for name in ("linear", "bezier")]
-    return {"endpoints": ends, "barriers": table, "distance": m["distance"],
-            "verdict": verdict(m["linear"], m["bezier"])}
+def verdict(rows) -> Verdict:
+    """Two parts, from the train-loss barrier heights of the two paths.
+
+    (a) separated on the line: the linear barrier exceeds |mean endpoint training loss| (True)
+    or not (False); (b) joined by a low-loss curve: the Bezier barrier is at most
+    ``LOW_BARRIER_FRACTION`` × the linear one (True), not lower than it (False), or in between
+    (None). Combined by :func:`common.combine`.
+    """
+    m = rows["paths"].metrics
+    lin, bez = m["linear"]["train_loss"]["height"], m["bezier"]["train_loss"]["height"]
+    ends = m["linear"]["train_loss"]["endpoints"]
+    scale = abs(float(np.mean(ends)))
+    parts = {"barrier_on_the_line": bool(lin > scale),
+             "low_loss_curve": True if bez < lin and bez <= LOW_BARRIER_FRACTION * lin else False if bez >= lin
+             else None}
+    return Verdict(CLAIM, combine(parts), {
+        "rule": ("(a) the linear path's train-loss barrier max_t L(t) − ½(L(0) + L(1)) exceeds the endpoints' mean "
+                 f"training loss; (b) the Bezier curve's barrier is at most {LOW_BARRIER_FRACTION:g} × the linear one "
+                 f"(not lower: contradicted; in between: undecided); {COMBINE_RULE}"),
+        "summary": barrier_reading(m["linear"], m["bezier"]) + ".", "parts": parts,
+        "barriers": {name: {q: m[name][q]["height"] for q in BARRIER_QUANTITIES} for name in ("linear", "bezier")},
+        "endpoint_train_loss": ends, "distance": m["distance"],
+    })
 
 
-def draw(runs: dict, folder: str, path: str | None = None, caption: str | None = None) -> list[str]:
-    """Loss and error along both paths; the plane through the two minima and the bend point."""
-    import matplotlib
+def figure(rows, ax=None):
+    """Loss and error along both paths; the plane through the two minima and the bend point (if stored).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the panels into (None: a new one).
+    Returns the figure.
+    """
     from losslab.plot import surface as P
-    from losslab.plot.training import save
 
-    arr = runs["paths"].arrays()
-    m = runs["paths"].metrics
+    has_plane = rows.get("plane") is not None
+    fig, host = common.panels(ax, (12, 9.5 if has_plane else 4.6))
+    arr = rows["paths"].arrays
+    m = rows["paths"].metrics
     t = arr["t"]
-    has_plane = runs.get("plane") is not None
-    fig, axes = plt.subplots(2 if has_plane else 1, 2, figsize=(12, 9.5 if has_plane else 4.6),
-                             constrained_layout=True, squeeze=False)
+    axes = host.subplots(2 if has_plane else 1, 2, squeeze=False)
     colors = {"linear": "C3", "bezier": "C0"}
     labels = {"linear": "linear path", "bezier": "Bezier curve"}
 
@@ -288,7 +321,7 @@ def draw(runs: dict, folder: str, path: str | None = None, caption: str | None =
     ax.legend(fontsize=8, ncol=2, loc="upper center")
 
     if has_plane:
-        pa = runs["plane"].arrays()
+        pa = rows["plane"].arrays
         c = pa["coords"]
         tt = np.linspace(0, 1, 101)[:, None]
         curve = (1 - tt) ** 2 * c[0] + 2 * tt * (1 - tt) * c[2] + tt**2 * c[1]
@@ -306,23 +339,14 @@ def draw(runs: dict, folder: str, path: str | None = None, caption: str | None =
             ax.plot(*c[2], "x", color="k", ms=8, mew=2, label="bend point θ_C")
             ax.set_aspect("equal", adjustable="box")
             ax.legend(fontsize=8, loc="upper right")
-    if caption:
-        fig.suptitle(caption, fontsize=9)
-    paths_ = save(fig, path or os.path.join(folder, "mode_connectivity"))
-    plt.close(fig)
-    return paths_
+    return fig
 
 
-def main(argv=None) -> None:
-    config, out = parse_config(Config, argv, description=__doc__, quick=quick_config)
-    result = run(config, out)
-    s = result["summary"]
-    for e in s["endpoints"]:
-        print("endpoint", e)
-    for e in s["barriers"]:
-        print("barrier", e)
-    print("verdict:", s["verdict"])
-    print("figures:", ", ".join(result["figures"]))
+def main(argv=None) -> list[str]:
+    """``python -m experiments.connectivity [--quick] [--out DIR] [--<field> <value> ...]``."""
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick)
+    rows = run(config, out)
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":

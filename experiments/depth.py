@@ -10,16 +10,18 @@ initialisation (no training):
   layer's kernel (vanishing/exploding gradients: Glorot & Bengio 2010; He et al.
   2016).
 
-Feeds: ``figures/depth_gradient_flow`` (paper figure 9).
+Verdict: the claim has two parts, each a 10× rule on the median Jacobian singular
+value from the shallowest to the deepest net (see :func:`verdict`).
 
-    python -m experiments.depth
-    python -m experiments.depth --quick
+Feeds: ``figures/depth_gradient_flow`` (paper figure 9; :func:`figure`).
+
+    python -m experiments.depth            # the default run, ≈ 0.6 min on 2 CPU cores
+    python -m experiments.depth --quick    # seconds, for tests
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import jax
@@ -27,16 +29,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from experiments.common import parse_config, run_sweep
+from experiments.common import Verdict, combine, parse_config, run_sweep
 from losslab import data
 from losslab.results import RunStore
 
 EXPERIMENT = "depth"
+FIGURE = "depth_gradient_flow"
+CLAIM = ("without skip connections, signals and gradients vanish or explode with depth at initialisation; "
+         "residual connections keep them flowing (Glorot & Bengio 2010; He et al. 2016).")
+# A signal "vanishes" / "explodes" when the median Jacobian singular value falls / grows by more than
+# this factor from the shallowest to the deepest network.
+TREND_FACTOR = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Depth sweep at initialisation; defaults are the real run."""
+    """Depth sweep at initialisation; defaults are the real run.
+
+    Varied: depth (``depths`` hidden layers of ``width`` units) and residual vs plain. Fixed:
+    ReLU, LeCun-normal init, MNIST-1D inputs, no training. Seeds: ``seeds`` (one network per
+    seed and cell). Statistic: median singular value of ∂f/∂x over ``num_inputs`` inputs
+    and seeds; gradient norms of each layer's kernel on ``batch`` examples.
+    """
 
     dataset: str = "mnist1d"
     depths: tuple[int, ...] = (2, 4, 8, 16, 32)
@@ -46,7 +60,8 @@ class Config:
     batch: int = 512
 
 
-def quick_config() -> Config:
+def quick() -> Config:
+    """Two depths, one seed: seconds."""
     return Config(depths=(2, 4), seeds=(0,), num_inputs=2, batch=64)
 
 
@@ -74,7 +89,13 @@ def measure(cfg: dict) -> dict:
     }
 
 
-def run(config: Config, out_dir: str) -> dict:
+def run(config: Config, out_dir: str) -> list[tuple[dict, dict]]:
+    """Runs (or resumes) the sweep into ``<out_dir>/depth/``.
+
+    Returns the rows: one ``(run config, metrics)`` pair per network, the config with
+    ``depth``, ``residual`` and ``seed``, the metrics with ``jacobian_singular_values`` and
+    ``layer_grad_norms`` (one per hidden layer, input side first).
+    """
     store = RunStore(out_dir, EXPERIMENT)
     cfgs = [
         {"name": f"{'residual' if res else 'plain'}-d{d}", "dataset": config.dataset, "depth": d,
@@ -82,12 +103,11 @@ def run(config: Config, out_dir: str) -> dict:
         for d in config.depths for res in (False, True) for s in config.seeds
     ]
     metrics = run_sweep(store, [(c, measure) for c in cfgs], desc="depth study")
-    rows = list(zip(cfgs, metrics))
-    figs = draw(rows, os.path.join(out_dir, EXPERIMENT))
-    return {"rows": rows, "figures": figs, "summary": summarize(rows)}
+    return list(zip(cfgs, metrics))
 
 
 def summarize(rows) -> list[dict]:
+    """Per (depth, residual): median / min / max Jacobian singular value, first/last layer gradient ratio."""
     out = []
     for (depth, residual) in dict.fromkeys((c["depth"], c["residual"]) for c, _ in rows):
         ms = [m for c, m in rows if c["depth"] == depth and c["residual"] == residual]
@@ -100,17 +120,55 @@ def summarize(rows) -> list[dict]:
     return out
 
 
-def draw(rows, folder: str, path: str | None = None, caption: str | None = None) -> list[str]:
-    """Two panels: Jacobian singular values vs depth; per-layer gradient norm of the deepest nets."""
-    import matplotlib
+def _trend(a: float, b: float) -> str:
+    return "vanish" if b < a / TREND_FACTOR else "explode" if b > TREND_FACTOR * a else "stay within 10×"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from losslab.plot.training import save
+def verdict(rows) -> Verdict:
+    """Two parts, from the median Jacobian singular value at the shallowest and the deepest depth.
 
+    (a) plain nets' signals vanish or explode: the median changes by more than ``TREND_FACTOR``
+    (True) or stays within it (False); (b) residual nets keep them flowing: the median stays
+    within ``TREND_FACTOR`` (True) or does not (False). Combined by :func:`common.combine`.
+    """
+    s = {(e["depth"], e["residual"]): e for e in summarize(rows)}
+    depths = sorted({d for d, _ in s})
+    shallow, deepest = depths[0], depths[-1]
+    sv = {res: (s[shallow, res]["sv_median"], s[deepest, res]["sv_median"]) for res in (False, True)
+          if (shallow, res) in s and (deepest, res) in s}
+    trend = {res: _trend(*v) for res, v in sv.items()}
+    parts = {"plain_vanish_or_explode": None if False not in trend or shallow == deepest
+             else trend[False] != "stay within 10×",
+             "residual_keeps_flowing": None if True not in trend or shallow == deepest
+             else trend[True] == "stay within 10×"}
+    grad = {res: s[deepest, res]["grad_first_over_last"] for res in (False, True) if (deepest, res) in s}
+    summary = (f"from depth {shallow} to {deepest}, the median Jacobian singular value of "
+               + " and of ".join(f"{'residual' if res else 'plain'} nets goes {a:.2g} → {b:.2g}"
+                                 for res, (a, b) in sv.items())
+               + f"; first/last layer gradient-norm ratio at depth {deepest}: "
+               + ", ".join(f"{'residual' if res else 'plain'} {g:.2g}" for res, g in grad.items())
+               + ": " + ", ".join(f"{'residual' if res else 'plain'} nets' signals {t}" for res, t in trend.items())
+               + ".")
+    return Verdict(CLAIM, combine(parts), {
+        "rule": (f"from the shallowest to the deepest net, a median Jacobian singular value that falls or grows by "
+                 f"more than {TREND_FACTOR:g}× vanishes or explodes; the claim holds when plain nets vanish or "
+                 f"explode and residual nets stay within {TREND_FACTOR:g}×, does not hold when neither, and is "
+                 "inconclusive otherwise"),
+        "summary": summary, "parts": parts, "depths": [shallow, deepest],
+        "plain_sv_median": list(sv.get(False, ())), "residual_sv_median": list(sv.get(True, ())),
+        "grad_first_over_last": {"residual" if k else "plain": v for k, v in grad.items()},
+    })
+
+
+def figure(rows, ax=None):
+    """Two panels: Jacobian singular values vs depth; per-layer gradient norm of the deepest nets.
+
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the two panels into (None: a new one).
+    Returns the figure.
+    """
+    fig, host = common.panels(ax, (10, 4))
     summary = summarize(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    axes = host.subplots(1, 2)
     ax = axes[0]
     for residual, color in ((False, "C3"), (True, "C0")):
         s = [e for e in summary if e["residual"] == residual]
@@ -136,19 +194,14 @@ def draw(rows, folder: str, path: str | None = None, caption: str | None = None)
     ax.set_ylabel("‖∂L/∂W_l‖ at init")
     ax.set_title("gradient norm per layer")
     ax.legend(fontsize=8)
-    if caption:
-        fig.suptitle(caption, fontsize=9)
-    paths = save(fig, path or os.path.join(folder, "depth_gradient_flow"))
-    plt.close(fig)
-    return paths
+    return fig
 
 
-def main(argv=None) -> None:
-    config, out = parse_config(Config, argv, description=__doc__, quick=quick_config)
-    result = run(config, out)
-    for e in result["summary"]:
-        print(e)
-    print("figures:", ", ".join(result["figures"]))
+def main(argv=None) -> list[str]:
+    """``python -m experiments.depth [--quick] [--out DIR] [--<field> <value> ...]``."""
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick)
+    rows = run(config, out)
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":

@@ -55,8 +55,11 @@ Reference: the loss-zoo comparisons of Janocha & Czarnecki 2017 and Hui & Belkin
 2021 (MSE vs cross-entropy); sharpness vs scale: Dinh et al. 2017; PAC-Bayes
 flatness: Jiang et al. 2020; robust regression: Huber 1964.
 
-Feeds: ``figures/loss_zoo`` (paper figure 7). The summary holds both tables and
-a verdict string for (a) and (b), computed from the data.
+Verdict: (a) the losses' test accuracies differ by more than two binomial standard
+errors and their scale-free sharpness differs; (b) with the most outliers a robust loss
+(MAE, Huber) keeps the lowest clean test MSE (see :func:`verdict`).
+
+Feeds: ``figures/loss_zoo`` (paper figure 7; :func:`figure`).
 
     python -m experiments.loss_zoo            # the default run, ≈ 3–4 minutes on 2 CPU cores
     python -m experiments.loss_zoo --quick    # seconds, for tests
@@ -67,14 +70,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import sys
 
 import jax
 import numpy as np
 
 from experiments import common
-from experiments.common import parse_config, run_sweep
+from experiments.common import COMBINE_RULE, Row, Verdict, combine, load_row, parse_config, run_sweep
 from losslab import Objective, curvature, data, losses, sharpness
 from losslab import directions as D
 from losslab import surface as S
@@ -82,6 +84,10 @@ from losslab.correlation import kendall_tau
 from losslab.results import RunStore
 
 EXPERIMENT = "loss_zoo"
+FIGURE = "loss_zoo"
+CLAIM = ("the choice of loss changes accuracy and the curvature of the reached minimum; robust losses (MAE, "
+         "Huber) keep a regression fit under outliers where MSE does not.")
+ROBUST = ("mae", "huber", "log_cosh")
 LOSS_LABELS = {"cross_entropy": "cross-entropy", "label_smoothing": "label smoothing", "focal": "focal",
                "multiclass_hinge": "multiclass hinge", "mse": "MSE", "mae": "MAE", "huber": "Huber",
                "log_cosh": "log-cosh", "normalized_cross_entropy": "normalised CE"}
@@ -89,7 +95,19 @@ LOSS_LABELS = {"cross_entropy": "cross-entropy", "label_smoothing": "label smoot
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Both parts of the loss zoo; defaults are the real run."""
+    """Both parts of the loss zoo; defaults are the real run.
+
+    (a) Varied: the classification loss (``losses``). Fixed: the MLP and its initialisation
+    (``seed``), Adam, batch size. Stopping: early stopping on each loss's own validation loss
+    (``patience``, best weights), at most ``epochs``. One seed. Statistics: test accuracy
+    (binomial s.e.), Hessian trace (Hutchinson, s.e.), λ_max, PAC-Bayes flatness on the 0-1
+    error, basin width of the test error.
+
+    (b) Varied: the regression loss (``reg_losses``) and the outlier fraction
+    (``outlier_fractions``). Fixed: the teacher, the student MLP, Adam. Stopping: early
+    stopping on the (clean) validation loss. Seeds: ``reg_seeds``. Statistic: mean ± std over
+    seeds of the clean test MSE; curvature of the training loss.
+    """
 
     # (a) classification
     dataset: str = "mnist1d"
@@ -126,7 +144,7 @@ class Config:
     reg_patience: int = 20
 
 
-def quick_config() -> Config:
+def quick() -> Config:
     """A subset of the losses: every program is compiled once per loss, which dominates a tiny run."""
     return Config(num_samples=1000, widths=(16,), losses=("cross_entropy", "multiclass_hinge"), epochs=3, patience=2,
                   num_probes=4, lanczos_steps=4, flatness_samples=2, flatness_bisections=3, num_directions=2,
@@ -272,16 +290,16 @@ def regress(cfg: dict) -> dict:
 def _configs(config: Config) -> tuple[list[dict], list[dict]]:
     for name in (*config.losses, *config.reg_losses):
         losses.get(name)  # unknown names fail here, listing the valid ones
-    common = {"experiment": EXPERIMENT, "learning_rate": config.learning_rate, "num_probes": config.num_probes,
+    shared = {"experiment": EXPERIMENT, "learning_rate": config.learning_rate, "num_probes": config.num_probes,
               "lanczos_steps": config.lanczos_steps}
-    cls = [{**common, "name": f"zoo-{loss}", "part": "classification", "loss": loss, "dataset": config.dataset,
+    cls = [{**shared, "name": f"zoo-{loss}", "part": "classification", "loss": loss, "dataset": config.dataset,
             "num_samples": config.num_samples, "widths": list(config.widths), "seed": config.seed,
             "batch_size": config.batch_size, "epochs": config.epochs, "patience": config.patience,
             "flatness_target": config.flatness_target, "flatness_samples": config.flatness_samples,
             "flatness_bisections": config.flatness_bisections, "num_directions": config.num_directions,
             "line_points": config.line_points, "line_span": config.line_span, "width_rise": config.width_rise}
            for loss in config.losses]
-    reg = [{**common, "name": f"reg-{loss}-out{round(100 * f)}-s{s}", "part": "regression", "loss": loss,
+    reg = [{**shared, "name": f"reg-{loss}-out{round(100 * f)}-s{s}", "part": "regression", "loss": loss,
             "huber_delta": config.huber_delta if loss == "huber" else None, "fraction": f,
             "outlier_scale": config.outlier_scale, "seed": s, "num_train": config.reg_num_train,
             "input_dim": config.reg_input_dim, "teacher_hidden": list(config.reg_teacher_hidden),
@@ -291,19 +309,23 @@ def _configs(config: Config) -> tuple[list[dict], list[dict]]:
     return cls, reg
 
 
-def run(config: Config, out_dir: str) -> dict:
-    """Runs (or resumes) both parts into ``<out_dir>/loss_zoo/`` and draws the figure."""
+def run(config: Config, out_dir: str) -> list[Row]:
+    """Runs (or resumes) both parts into ``<out_dir>/loss_zoo/``.
+
+    Returns the rows: one :class:`common.Row` per run, classification first; ``config["part"]``
+    is ``"classification"`` (metrics of :func:`classify`, arrays ``t``, ``test_error`` and
+    ``train_error`` of the slices, one row per direction) or ``"regression"`` (metrics of
+    :func:`regress`).
+    """
     store = RunStore(out_dir, EXPERIMENT)
     cls, reg = _configs(config)
     run_sweep(store, [(c, classify) for c in cls], desc="loss zoo (a): classification")
     run_sweep(store, [(c, regress) for c in reg], desc="loss zoo (b): regression")
-    runs = [store.load(c) for c in cls + reg]
-    figs = draw(runs, os.path.join(out_dir, EXPERIMENT))
-    return {"runs": runs, "figures": figs, "summary": summarize(runs)}
+    return [load_row(store, c) for c in cls] + [load_row(store, c, arrays=False) for c in reg]
 
 
 # --------------------------------------------------------------------------
-# Summary (tables + verdicts) and figure, from stored runs only
+# Tables, verdict and figure, from stored rows only
 
 
 def classification_table(runs) -> list[dict]:
@@ -329,7 +351,7 @@ def regression_table(runs) -> list[dict]:
     return rows
 
 
-def classification_verdict(rows: list[dict]) -> str:
+def classification_reading(rows: list[dict]) -> str:
     """What (a) shows, in one sentence, whichever way the numbers go."""
     if not rows:
         return "(a) no classification runs"
@@ -369,7 +391,7 @@ def classification_verdict(rows: list[dict]) -> str:
     return text
 
 
-def regression_verdict(rows: list[dict]) -> str:
+def regression_reading(rows: list[dict]) -> str:
     """What (b) shows, in one sentence, whichever way the numbers go."""
     if not rows:
         return "(b) no regression runs"
@@ -414,31 +436,63 @@ def regression_verdict(rows: list[dict]) -> str:
     return text
 
 
-def summarize(runs) -> dict:
-    cls, reg = classification_table(runs), regression_table(runs)
-    va, vb = classification_verdict(cls), regression_verdict(reg)
-    return {"classification": cls, "regression": reg, "verdict_classification": va, "verdict_regression": vb,
-            "verdict": f"{va}. {vb}."}
+def verdict(rows) -> Verdict:
+    """(a) accuracy and curvature change with the loss; (b) a robust loss keeps the fit under outliers.
+
+    (a) True when the best and worst test accuracy differ by at least two binomial standard
+    errors and the PAC-Bayes 0-1-error sharpness is not the same for every loss; False when
+    neither; None when only one (or fewer than two losses). (b) At the largest outlier
+    fraction, True when the lowest mean clean test MSE is a robust loss's (MAE, Huber,
+    log-cosh), False when it is MSE's, None when MSE or every robust loss is missing.
+    Combined by :func:`common.combine`.
+    """
+    cls, reg = classification_table(rows), regression_table(rows)
+    evidence: dict = {}
+    part_a = None
+    if len(cls) >= 2:
+        acc = {r["loss"]: r["test_accuracy"] for r in cls}
+        se = max(accuracy_std_error(r["test_accuracy"], r["num_test"]) for r in cls)
+        spread = max(acc.values()) - min(acc.values())
+        pb = {r["loss"]: r["pacbayes_flatness"] for r in cls}
+        differs = bool(not np.isclose(max(pb.values()), min(pb.values())))
+        changes = bool(spread >= 2 * se)
+        part_a = True if changes and differs else False if not changes and not differs else None
+        evidence.update(test_accuracy=acc, accuracy_std_error=se, accuracy_spread=spread, pacbayes_flatness=pb,
+                        lambda_max={r["loss"]: r["lambda_max"] for r in cls})
+    part_b = None
+    if reg:
+        hi = max(r["fraction"] for r in reg)
+        at_hi = {r["loss"]: r["clean_test_mse"] for r in reg if r["fraction"] == hi}
+        if "mse" in at_hi and any(n in at_hi for n in ROBUST):
+            part_b = min(at_hi, key=at_hi.get) != "mse"
+        evidence.update(outlier_fraction=hi, clean_test_mse=at_hi)
+    parts = {"loss_changes_accuracy_and_curvature": part_a, "robust_loss_keeps_the_fit": part_b}
+    va, vb = classification_reading(cls), regression_reading(reg)
+    return Verdict(CLAIM, combine(parts), {
+        "rule": ("(a) the test accuracies of the losses span at least two binomial standard errors and the "
+                 "0-1-error PAC-Bayes sharpness is not equal for all losses (both false: contradicted; one: "
+                 "undecided); (b) at the largest outlier fraction the lowest mean clean test MSE belongs to a "
+                 f"robust loss, not to MSE; {COMBINE_RULE}"),
+        "summary": f"{va}. {vb}.", "parts": parts, **evidence,
+    })
 
 
-def draw(runs, folder: str, path: str | None = None, caption: str | None = None) -> list[str]:
-    """(a) test-error slices per loss and the curvature measures; (b) clean fit and curvature vs outliers."""
-    import matplotlib
+def figure(rows, ax=None):
+    """(a) test-error slices per loss and the curvature measures; (b) clean fit and curvature vs outliers.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from losslab.plot.training import save
-
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the three rows of panels into (as
+    sub-figures; None: a new figure). Returns the figure.
+    """
+    runs = rows
     cls = [r for r in runs if r.config["part"] == "classification"]
     reg = regression_table(runs)
-    fig = plt.figure(figsize=(3.3 * max(len(cls), 4), 13), layout="constrained")
-    top, mid, bottom = fig.subfigures(3, 1, height_ratios=[1.0, 1.0, 1.05])
+    fig, host = common.panels(ax, (3.3 * max(len(cls), 4), 13))
+    top, mid, bottom = host.subfigures(3, 1, height_ratios=[1.0, 1.0, 1.05])
 
     # (a) slices of the test error, one panel per loss, shared y axis.
     axes = np.atleast_1d(top.subplots(1, len(cls), sharey=True))
     for ax, r in zip(axes, cls):
-        a, m = r.arrays(), r.metrics
+        a, m = r.arrays, r.metrics
         t = a["t"]
         for i, (te, tr) in enumerate(zip(a["test_error"], a["train_error"])):
             ax.plot(t, 100 * te, color="C0", lw=1.6, alpha=1.0 if i == 0 else 0.45,
@@ -533,23 +587,14 @@ def draw(runs, folder: str, path: str | None = None, caption: str | None = None)
             ax.legend(fontsize=7)
     bottom.suptitle("(b) teacher–student regression with gross outliers in the training targets: "
                     "which loss keeps the fit, and what happens to curvature", fontsize=11)
-    if caption:
-        fig.suptitle(caption, fontsize=10)
-    paths = save(fig, path or os.path.join(folder, "loss_zoo"))
-    plt.close(fig)
-    return paths
+    return fig
 
 
-def main(argv=None) -> None:
-    config, out = parse_config(Config, argv, description=__doc__, quick=quick_config)
-    result = run(config, out)
-    s = result["summary"]
-    for row in s["classification"]:
-        print(row)
-    for row in s["regression"]:
-        print({k: v for k, v in row.items() if not k.endswith("_std")})
-    print("verdict:", s["verdict"])
-    print("figures:", ", ".join(result["figures"]))
+def main(argv=None) -> list[str]:
+    """``python -m experiments.loss_zoo [--quick] [--out DIR] [--<field> <value> ...]``."""
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick)
+    rows = run(config, out)
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":

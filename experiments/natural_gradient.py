@@ -9,7 +9,13 @@ dataset, at a few checkpoints: the cosine of the natural gradient with the gradi
 update, the overlaps of the top-k eigenspaces of Fisher, empirical Fisher, GGN, Hessian and K-FAC,
 their spectral densities, and the correlation of Adam's second moment with the Fisher diagonal.
 
-Feeds ``figures/natural_*``::
+Verdict: (a) the fastest of NGD / K-FAC reaches the target training loss in fewer steps than
+the fastest of SGD / momentum / Adam / RMSprop; (b) the Fisher's and the Hessian's top-k
+eigenspaces overlap by at least ``OVERLAP_HOLDS`` at the last checkpoint (see :func:`verdict`).
+
+Feeds ``figures/natural_gradient`` (paper figure 5; :func:`figure`); :func:`extra_figures`
+draws the per-dataset curves and sharpness, the overlaps and densities per checkpoint, and
+Adam's second moment against the Fisher diagonal::
 
     python -m experiments.natural_gradient            # default run (~10 min on 2 CPU cores)
     python -m experiments.natural_gradient --quick    # seconds (tests)
@@ -18,6 +24,7 @@ Feeds ``figures/natural_*``::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -29,7 +36,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from experiments.common import parse_config, run_sweep
+from experiments import common
+from experiments.common import COMBINE_RULE, Verdict, combine, parse_config, run_sweep
 from losslab import Objective, checkpoint, curvature, data, models, optim
 from losslab.kfac import kfac_operator
 from losslab.natural import batch_fisher_operator, cg_solve
@@ -37,12 +45,29 @@ from losslab.results import RunStore, atomic_write_json, atomic_write_text
 from losslab.train import TrainingDivergedError, train
 
 EXPERIMENT = "natural_gradient"
+FIGURE = "natural_gradient"
 OPERATORS = ("fisher", "empirical_fisher", "ggn", "hessian", "kfac")
+CLAIM = ("natural-gradient methods (NGD, K-FAC) need fewer steps than SGD/Adam/RMSprop, and the Fisher "
+         "approximates the Hessian near a minimum (Amari 1998; Martens & Grosse 2015; Kunstner et al. 2019).")
+NATURAL = ("ngd", "kfac")
+FIRST_ORDER = ("sgd", "momentum", "adam", "rmsprop")
+# Fisher ≈ Hessian when their top-k eigenspaces overlap by at least OVERLAP_HOLDS (1 = the same
+# subspace); below OVERLAP_FAILS they are mostly different directions.
+OVERLAP_HOLDS = 0.9
+OVERLAP_FAILS = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The natural-gradient study; defaults are the real run."""
+    """The natural-gradient study; defaults are the real run.
+
+    Varied: the optimizer (``optimizers``) and its learning rate (``lr_grid``; the lowest
+    final training loss wins); the dataset. Fixed: the MLP and its initialisation
+    (``seed``), batch size, damping. Stopping: ``epochs`` epochs for every run. One seed.
+    Statistics: steps (and wall time, gradient-equivalent cost) to a training loss of
+    ``target_loss``; along the Adam run, top-``top_k`` eigenspace overlaps of the curvature
+    matrices on ``analysis_samples`` examples.
+    """
 
     datasets: tuple[str, ...] = ("mnist1d", "digits")
     num_samples: int = 4000
@@ -75,7 +100,8 @@ class Config:
     diag_probes: int = 64
 
 
-def quick_config() -> Config:
+def quick() -> Config:
+    """One dataset, four optimizers at one rate each, two epochs, small Lanczos runs."""
     return Config(
         datasets=("mnist1d",),
         num_samples=400,
@@ -309,7 +335,17 @@ def _grid(config: Config) -> dict:
 
 
 def run(config: Config, out_dir: str) -> dict:
-    """Runs (or resumes) the study under ``out_dir/natural_gradient``; writes figures and a summary note."""
+    """Runs (or resumes) the study under ``out_dir/natural_gradient``; writes ``summary.json`` / ``summary.md``.
+
+    Returns the rows: ``{"config": the config as a dict, "rows": [...], "geometry": {...},
+    "all_rates_diverged": [...]}``. ``rows`` holds one dict per (dataset, optimizer) at its best
+    learning rate: ``dataset``, ``optimizer``, ``learning_rate``, ``steps_to_target`` (None if
+    never), ``wall_to_target``, ``final_train_loss``, ``test_error``, ``lambda_max``,
+    ``hessian_trace`` and ``curves`` (per epoch: ``step``, ``wall_time``, ``cost``,
+    ``train_eval_loss``, ``val_loss``). ``geometry`` (empty without an Adam run on the first
+    dataset): ``checkpoints`` ``{epoch: overlaps (in ``OPERATORS`` order), cosines, ...}`` and
+    ``arrays`` (densities, Adam's v and the Fisher diagonal per epoch).
+    """
     grid = _grid(config)
     store = RunStore(out_dir, EXPERIMENT)
     shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("datasets", "optimizers", "lr_grid")}
@@ -340,16 +376,12 @@ def run(config: Config, out_dir: str) -> dict:
         geometry = run_sweep(store, [(gcfg, lambda c: run_geometry(c, config))], desc="Fisher geometry")[0]
         geometry["arrays"] = store.load(gcfg, gcfg["name"]).arrays()
     summary = summarise(config, best, geometry)
-    summary["all_rates_diverged"] = diverged
-    fig_dir = os.path.join(out_dir, EXPERIMENT, "figures")
-    summary["figures"] = write_figures(config, best, geometry, fig_dir)
-    atomic_write_json(
-        os.path.join(out_dir, EXPERIMENT, "summary.json"), {k: v for k, v in summary.items() if k != "note"}
-    )
-    summary["best"] = best  # {(dataset, optimizer): (config, metrics)}, for the paper's figure
-    summary["geometry_arrays"] = geometry.get("arrays", {})
-    atomic_write_text(os.path.join(out_dir, EXPERIMENT, "summary.md"), summary["note"])
-    return summary
+    folder = os.path.join(out_dir, EXPERIMENT)
+    atomic_write_json(os.path.join(folder, "summary.json"),
+                      {"rows": summary["rows"], "geometry": summary["geometry"], "all_rates_diverged": diverged})
+    atomic_write_text(os.path.join(folder, "summary.md"), summary["note"])
+    rows = [{**r, "curves": best[(r["dataset"], r["optimizer"])][1]["curves"]} for r in summary["rows"]]
+    return {"config": dataclasses.asdict(config), "rows": rows, "geometry": geometry, "all_rates_diverged": diverged}
 
 
 def _score(m):
@@ -408,62 +440,141 @@ def summarise(config: Config, best: dict, geometry: dict) -> dict:
     }
 
 
-def write_figures(config: Config, best: dict, geometry: dict, fig_dir: str) -> list[str]:
-    import matplotlib
+def _overlap(checkpoint: dict, a: str, b: str) -> float:
+    idx = {n: i for i, n in enumerate(OPERATORS)}
+    return float(checkpoint["overlaps"][idx[a]][idx[b]])
 
-    matplotlib.use("Agg")
+
+def _epochs(rows) -> list[str]:
+    return sorted((rows.get("geometry") or {}).get("checkpoints", {}), key=int)
+
+
+def verdict(rows) -> Verdict:
+    """Two parts, on the first dataset, each optimizer at its best learning rate.
+
+    (a) fewer steps: the fewest steps to ``target_loss`` among NGD / K-FAC against the fewest
+    among SGD / momentum / Adam / RMSprop (never reaching it counts as ∞): fewer (True), more
+    (False), equal or neither family reaching it (None). (b) Fisher ≈ Hessian: their top-k
+    eigenspace overlap at the last checkpoint ≥ ``OVERLAP_HOLDS`` (True), < ``OVERLAP_FAILS``
+    (False), between or no geometry (None). Combined by :func:`common.combine`.
+    """
+    cfg = rows["config"]
+    d0 = cfg["datasets"][0]
+    table = [r for r in rows["rows"] if r["dataset"] == d0]
+    steps = {r["optimizer"]: r["steps_to_target"] for r in table}
+
+    def fewest(names):
+        got = [steps[n] if steps[n] is not None else math.inf for n in names if n in steps]
+        return min(got) if got else None
+
+    nat, first = fewest(NATURAL), fewest(FIRST_ORDER)
+    fewer = None if nat is None or first is None or nat == first == math.inf else common.direction(nat, first)
+    epochs = _epochs(rows)
+    checkpoints = (rows.get("geometry") or {}).get("checkpoints", {})
+    overlap = {e: _overlap(checkpoints[e], "fisher", "hessian") for e in epochs}
+    last = overlap[epochs[-1]] if epochs else None
+    approx = None if last is None else True if last >= OVERLAP_HOLDS else False if last < OVERLAP_FAILS else None
+    parts = {"natural_fewer_steps": fewer, "fisher_approximates_hessian": approx}
+    reached = sorted((r for r in table if r["steps_to_target"] is not None), key=lambda r: r["steps_to_target"])
+    never = [r["optimizer"] for r in table if r["steps_to_target"] is None]
+    summary = (f"{d0}: steps to train loss {cfg['target_loss']:g}: "
+               + ", ".join(f"{r['optimizer']} {r['steps_to_target']}" for r in reached)
+               + (f"; never: {', '.join(never)}" if never else "")
+               + (f" (in wall time the fastest is {min(reached, key=lambda r: r['wall_to_target'])['optimizer']})"
+                  if reached else "")
+               + (f"; Fisher–Hessian top-{cfg['top_k']} overlap {overlap[epochs[0]]:.2f} (epoch {epochs[0]}) → "
+                  f"{last:.2f} (epoch {epochs[-1]})" if epochs else "") + ".")
+    return Verdict(CLAIM, combine(parts), {
+        "rule": (f"on {d0}, each optimizer at its best learning rate: (a) the fewest steps to training loss "
+                 f"{cfg['target_loss']:g} among {'/'.join(NATURAL)} is below the fewest among "
+                 f"{'/'.join(FIRST_ORDER)} (never = ∞); (b) the Fisher–Hessian top-{cfg['top_k']} eigenspace overlap "
+                 f"at the last checkpoint is at least {OVERLAP_HOLDS:g} (below {OVERLAP_FAILS:g}: contradicted); "
+                 f"{COMBINE_RULE}"),
+        "summary": summary, "parts": parts, "dataset": d0, "target_loss": cfg["target_loss"],
+        "steps_to_target": steps, "fewest_steps": {"natural": nat, "first_order": first},
+        "fisher_hessian_overlap": overlap,
+    })
+
+
+def figure(rows, ax=None):
+    """Training loss against steps and against wall time on the first dataset (best learning rate each),
+    and the top-k eigenspace overlaps at the last checkpoint (when the geometry was measured).
+
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the panels into (None: a new one).
+    Returns the figure.
+    """
+    from losslab.plot import natural as nplot
+
+    cfg = rows["config"]
+    d0 = cfg["datasets"][0]
+    epochs = _epochs(rows)
+    ncols = 3 if epochs else 2
+    fig, host = common.panels(ax, (5.4 * ncols, 4.6))
+    axes = host.subplots(1, ncols)
+    curves = {r["optimizer"]: r["curves"] for r in rows["rows"] if r["dataset"] == d0}
+    nplot.loss_curves(curves, x="step", ax=axes[0], target=cfg["target_loss"])
+    axes[0].set_title(f"{d0}: training loss (best learning rate each)")
+    axes[0].legend(fontsize=7)
+    nplot.loss_curves(curves, x="wall_time", ax=axes[1], target=cfg["target_loss"])
+    axes[1].set_title("the same against wall time")
+    if epochs:
+        last = epochs[-1]
+        nplot.overlap_matrix(rows["geometry"]["checkpoints"][last]["overlaps"], OPERATORS, ax=axes[2],
+                             title=f"top-{cfg['top_k']} eigenspace overlaps, epoch {last}")
+    return fig
+
+
+def extra_figures(rows) -> dict:
+    """The study's other views, from stored rows: ``{stem: Figure}``.
+
+    Per dataset ``natural_curves_<dataset>`` (training and validation loss against steps, wall time
+    and cost) and ``natural_sharpness_<dataset>`` (λ_max of each minimum vs test error); from the
+    geometry ``natural_overlaps`` and ``natural_densities`` (per checkpoint) and
+    ``natural_adam_vs_fisher_diag`` (last checkpoint).
+    """
     import matplotlib.pyplot as plt
 
     from losslab.plot import natural as nplot
 
-    os.makedirs(fig_dir, exist_ok=True)
-    paths = []
-    for d in config.datasets:
-        names = [o for o in config.optimizers if (d, o) in best]
-        runs = {o: best[(d, o)][1]["curves"] for o in names}
-        fig, axes = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
+    cfg = rows["config"]
+    out = {}
+    for d in cfg["datasets"]:
+        table = [r for r in rows["rows"] if r["dataset"] == d]
+        runs = {r["optimizer"]: r["curves"] for r in table}
+        fig, axes = plt.subplots(2, 3, figsize=(14, 7), layout="constrained")
         for col, x in enumerate(("step", "wall_time", "cost")):
-            nplot.loss_curves(runs, x=x, metric="train_eval_loss", ax=axes[0, col], target=config.target_loss)
+            nplot.loss_curves(runs, x=x, metric="train_eval_loss", ax=axes[0, col], target=cfg["target_loss"])
             nplot.loss_curves(runs, x=x, metric="val_loss", ax=axes[1, col])
         axes[0, 0].legend(fontsize=7)
         fig.suptitle(f"{d}: training (top) and validation (bottom) loss")
-        paths.append(_save(fig, fig_dir, f"natural_curves_{d}"))
-        rows = [{"optimizer": o, **best[(d, o)][1]} for o in names]
-        fig = nplot.sharpness_scatter(rows)
+        out[f"natural_curves_{d}"] = fig
+        fig = nplot.sharpness_scatter(table)
         fig.axes[0].set_title(f"{d}: sharpness of the reached minimum vs test error")
-        paths.append(_save(fig, fig_dir, f"natural_sharpness_{d}"))
-    if geometry:
+        out[f"natural_sharpness_{d}"] = fig
+    epochs = _epochs(rows)
+    if epochs:
+        geometry = rows["geometry"]
         arrays = geometry["arrays"]
-        epochs = sorted(geometry["checkpoints"], key=int)
-        fig, axes = plt.subplots(1, len(epochs), figsize=(4.2 * len(epochs), 3.8), constrained_layout=True)
+        fig, axes = plt.subplots(1, len(epochs), figsize=(4.2 * len(epochs), 3.8), layout="constrained")
         for ax, e in zip(np.atleast_1d(axes), epochs):
             nplot.overlap_matrix(geometry["checkpoints"][e]["overlaps"], OPERATORS, ax=ax, title=f"epoch {e}")
-        paths.append(_save(fig, fig_dir, "natural_overlaps"))
-        fig, axes = plt.subplots(1, len(epochs), figsize=(4.5 * len(epochs), 3.6), constrained_layout=True)
+        out["natural_overlaps"] = fig
+        fig, axes = plt.subplots(1, len(epochs), figsize=(4.5 * len(epochs), 3.6), layout="constrained")
         for ax, e in zip(np.atleast_1d(axes), epochs):
             curves = {n: (arrays[f"e{e}_density_{n}_grid"], arrays[f"e{e}_density_{n}"]) for n in OPERATORS[:4]}
             nplot.densities(curves, ax=ax, title=f"epoch {e}")
-        paths.append(_save(fig, fig_dir, "natural_densities"))
+        out["natural_densities"] = fig
         last = epochs[-1]
-        fig = nplot.diagonal_scatter(arrays[f"e{last}_adam_v"], arrays[f"e{last}_fisher_diag"], title=f"epoch {last}")
-        paths.append(_save(fig, fig_dir, "natural_adam_vs_fisher_diag"))
-    return paths
+        out["natural_adam_vs_fisher_diag"] = nplot.diagonal_scatter(
+            arrays[f"e{last}_adam_v"], arrays[f"e{last}_fisher_diag"], title=f"epoch {last}")
+    return out
 
 
-def _save(fig, fig_dir, name):
-    import matplotlib.pyplot as plt
-
-    path = os.path.join(fig_dir, name + ".png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def main(argv=None) -> None:
-    config, out = parse_config(Config, argv, description=__doc__, quick=quick_config)
-    summary = run(config, out)
-    print(summary["note"])
-    print("figures:", *summary["figures"], sep="\n  ")
+def main(argv=None) -> list[str]:
+    """``python -m experiments.natural_gradient [--quick] [--out DIR] [--<field> <value> ...]``."""
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick)
+    rows = run(config, out)
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows), **extra_figures(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":

@@ -22,17 +22,20 @@ invariances. ``distance_from_init`` is left out (it needs θ₀, it is not a pro
 θ); ``spectral_product`` is taken as the product of norms (not its log), so that its
 ratio is meaningful.
 
-Feeds: ``figures/reparametrization`` (paper figure 6).
+Verdict: with the function preserved, (a) every measure declared invariant stays within
+``INVARIANT_RTOL`` and (b) the Hessian trace and λ_max move by at least a factor
+``10 ** MOVE_DECADES`` (see :func:`verdict`).
 
-    python -m experiments.reparam
-    python -m experiments.reparam --quick
+Feeds: ``figures/reparametrisation`` (paper figure 6; :func:`figure`).
+
+    python -m experiments.reparam            # the default run, ≈ 2.3 min on 2 CPU cores
+    python -m experiments.reparam --quick    # seconds, for tests
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 
 import jax
@@ -41,11 +44,14 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from experiments import common
-from experiments.common import parse_config, run_sweep
+from experiments.common import COMBINE_RULE, Verdict, combine, parse_config, run_sweep
 from losslab import Objective, data, sharpness, symmetry
 from losslab.results import RunStore
 
 EXPERIMENT = "reparam"
+FIGURE = "reparametrisation"
+CLAIM = ("sharp minima can generalize: function-preserving rescalings change Hessian trace and λ_max "
+         "arbitrarily, while rescaling-invariant measures do not move (Dinh et al. 2017).")
 
 # Every measure of the registry that is a property of θ alone.
 DEFAULT_MEASURES = tuple(n for n in sharpness.MEASURES if n != "distance_from_init")
@@ -55,11 +61,23 @@ QUICK_MEASURES = ("hessian_trace", "hessian_lambda_max", "sharpness_l2", "l2_nor
 # An invariant measure counts as moved beyond this relative change (float32 round-off through a
 # rescaled network, and bisection/ascent paths that can flip on round-off, stay far below it).
 INVARIANT_RTOL = 1e-2
+# The function counts as preserved when max |f_α(x) − f(x)| is at most this fraction of max |f(x)|
+# (float32 round-off is ~1e-7 relative).
+OUTPUT_RTOL = 1e-4
+# "Arbitrarily": the Hessian trace and λ_max move by at least 10**MOVE_DECADES over the rescalings.
+MOVE_DECADES = 1.0
+CURVATURE = ("hessian_trace", "hessian_lambda_max")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One trained ReLU MLP, rescaled layer-wise and node-wise; defaults are the real run."""
+    """One trained ReLU MLP, rescaled layer-wise and node-wise; defaults are the real run.
+
+    Varied: the rescaling — layer-wise α of hidden layer ``layer`` (``alphas``) and node-wise
+    with log-spread s (``node_log_stds``). Fixed: the trained model (one training run of
+    ``epochs`` epochs, seed ``seed``), the PRNG key of every measure before and after.
+    Statistic: measure(rescaled) / measure(original), and max |f_α(x) − f(x)| over the test set.
+    """
 
     dataset: str = "digits"
     widths: tuple[int, ...] = (64, 64)
@@ -76,7 +94,8 @@ class Config:
     seed: int = 0
 
 
-def quick_config() -> Config:
+def quick() -> Config:
+    """A small MLP, two epochs, α ∈ {1, 10}, one node-wise spread and the measures the claim is about."""
     return Config(widths=(16,), epochs=2, alphas=(1.0, 10.0), node_log_stds=(1.0,), measures=QUICK_MEASURES,
                   num_probes=10, lanczos_steps=10)
 
@@ -160,22 +179,28 @@ def _configs(config: Config) -> tuple[dict, list[dict]]:
         raise ValueError("give at least one layer-wise alpha or one node-wise log_std")
     train_cfg = {"name": "train", "dataset": config.dataset, "widths": list(config.widths), "epochs": config.epochs,
                  "batch_size": config.batch_size, "learning_rate": config.learning_rate, "seed": config.seed}
-    common = {**train_cfg, "measures": list(config.measures), "num_probes": config.num_probes,
+    shared = {**train_cfg, "measures": list(config.measures), "num_probes": config.num_probes,
               "lanczos_steps": config.lanczos_steps, "pacbayes_bisections": config.pacbayes_bisections}
-    cfgs = [{**common, "name": f"layer{config.layer}-alpha{a:g}", "kind": "layer", "layer": config.layer,
+    cfgs = [{**shared, "name": f"layer{config.layer}-alpha{a:g}", "kind": "layer", "layer": config.layer,
              "alpha": float(a)} for a in config.alphas]
-    cfgs += [{**common, "name": f"node-s{s:g}", "kind": "node", "log_std": float(s)} for s in config.node_log_stds]
+    cfgs += [{**shared, "name": f"node-s{s:g}", "kind": "node", "log_std": float(s)} for s in config.node_log_stds]
     return train_cfg, cfgs
 
 
 def run(config: Config, out_dir: str) -> dict:
+    """Runs (or resumes) the training and every rescaling into ``<out_dir>/reparam/``.
+
+    Returns the rows: ``{"model": metrics of the trained model, "rescalings": [(run config,
+    metrics), ...]}``; a rescaling's config has ``kind`` (``"layer"`` with ``alpha``, or
+    ``"node"`` with ``log_std``), its metrics ``output_max_abs_diff``, ``output_max_abs`` and
+    ``measures`` (per measure: ``before``, ``after``, ``ratio``, ``declared_invariant``,
+    ``consistent``).
+    """
     store = RunStore(out_dir, EXPERIMENT)
     train_cfg, cfgs = _configs(config)
     runs = [(train_cfg, train_model)] + [(c, lambda c: compare(c, store, train_cfg)) for c in cfgs]
     metrics = run_sweep(store, runs, desc="reparametrization study")
-    rows = list(zip(cfgs, metrics[1:]))
-    figs = draw(rows, os.path.join(out_dir, EXPERIMENT))
-    return {"model": metrics[0], "rows": rows, "figures": figs, "summary": summarize(rows)}
+    return {"model": metrics[0], "rescalings": list(zip(cfgs, metrics[1:]))}
 
 
 def describe(name: str) -> str:
@@ -189,27 +214,26 @@ def _log_ratio(m: dict) -> float:
     return abs(math.log10(r)) if 0 < r < math.inf else math.inf
 
 
-def summarize(rows) -> dict:
-    """Per measure and symmetry: max |log10 ratio| and the declared invariance; output changes; a verdict."""
+def summarize(rescalings) -> dict:
+    """Per measure and symmetry: max |log10 ratio|, the declared invariance and whether it held; output changes."""
     per_measure = []
-    names = list(dict.fromkeys(n for _, m in rows for n in m["measures"]))
+    names = list(dict.fromkeys(n for _, m in rescalings for n in m["measures"]))
     for name in names:
         entry = {"measure": name, "description": describe(name)}
         for kind in ("layer", "node"):
-            ms = [m["measures"][name] for c, m in rows if c["kind"] == kind]
+            ms = [m["measures"][name] for c, m in rescalings if c["kind"] == kind]
             if not ms:
                 continue
             entry[f"{kind}_invariant"] = ms[0]["declared_invariant"]
             entry[f"{kind}_max_abs_log10_ratio"] = max(_log_ratio(x) for x in ms)
             entry[f"{kind}_consistent"] = all(x["consistent"] for x in ms)
         per_measure.append(entry)
-    diff = max(m["output_max_abs_diff"] for _, m in rows)
-    rel = max(m["output_max_abs_diff"] / max(m["output_max_abs"], 1e-30) for _, m in rows)
-    return {"per_measure": per_measure, "output_max_abs_diff": diff, "output_max_rel_diff": rel,
-            "verdict": verdict(per_measure, diff, rel, len(rows))}
+    diff = max(m["output_max_abs_diff"] for _, m in rescalings)
+    rel = max(m["output_max_abs_diff"] / max(m["output_max_abs"], 1e-30) for _, m in rescalings)
+    return {"per_measure": per_measure, "output_max_abs_diff": diff, "output_max_rel_diff": rel}
 
 
-def verdict(per_measure: list[dict], diff: float, rel: float, num_rescalings: int) -> str:
+def _reading(per_measure: list[dict], diff: float, rel: float, num_rescalings: int) -> str:
     """One paragraph from the numbers: function preserved? invariant measures stay put? the others move how far?"""
     parts = [f"outputs change by at most {diff:.2g} ({rel:.1g} of max |f|) over {num_rescalings} rescalings"]
     inv, moved, violated, still = [], [], [], []
@@ -239,6 +263,43 @@ def verdict(per_measure: list[dict], diff: float, rel: float, num_rescalings: in
     return "; ".join(parts)
 
 
+def verdict(rows) -> Verdict:
+    """Invariant measures stay, curvature moves — provided the rescalings preserved the function.
+
+    Precondition: max |f_α(x) − f(x)| ≤ ``OUTPUT_RTOL`` · max |f(x)| for every rescaling; if not,
+    the rescalings are wrong and the verdict is inconclusive. Parts: (a) every measure declared
+    invariant stays within ``INVARIANT_RTOL`` (True) or one moves (False); (b) the Hessian trace
+    and λ_max both move by at least 10^``MOVE_DECADES`` (True), both stay within
+    ``INVARIANT_RTOL`` (False), else (or not measured) None. Combined by :func:`common.combine`.
+    """
+    rescalings = rows["rescalings"]
+    s = summarize(rescalings)
+    per = {e["measure"]: e for e in s["per_measure"]}
+    kinds = [k for k in ("layer", "node") if any(c["kind"] == k for c, _ in rescalings)]
+    declared = [(e["measure"], k) for e in s["per_measure"] for k in kinds if e.get(f"{k}_invariant")]
+    violated = [f"{n} ({k}-wise)" for n, k in declared if not per[n][f"{k}_consistent"]]
+    moves = {n: max(per[n][f"{k}_max_abs_log10_ratio"] for k in kinds) for n in CURVATURE if n in per}
+    still = math.log10(1 + INVARIANT_RTOL)
+    preserved = s["output_max_rel_diff"] <= OUTPUT_RTOL
+    parts = {"invariant_measures_unmoved": (not violated) if declared else None,
+             "curvature_moves": None if len(moves) < len(CURVATURE) else True
+             if all(v >= MOVE_DECADES for v in moves.values()) else False if all(v <= still for v in moves.values())
+             else None}
+    status = combine(parts) if preserved else "inconclusive"
+    return Verdict(CLAIM, status, {
+        "rule": (f"precondition: every rescaling changes the outputs by at most {OUTPUT_RTOL:g} of max |f| (else "
+                 f"inconclusive); (a) every measure declared invariant changes by less than {INVARIANT_RTOL:.0%}; "
+                 f"(b) Hessian trace and λ_max both change by at least a factor {10 ** MOVE_DECADES:g} (both under "
+                 f"{INVARIANT_RTOL:.0%}: contradicted); {COMBINE_RULE}"),
+        "summary": _reading(s["per_measure"], s["output_max_abs_diff"], s["output_max_rel_diff"], len(rescalings))
+        + ".",
+        "parts": parts, "function_preserved": preserved, "output_max_abs_diff": s["output_max_abs_diff"],
+        "output_max_rel_diff": s["output_max_rel_diff"], "invariance_violated": violated,
+        "curvature_max_abs_log10_ratio": moves, "num_rescalings": len(rescalings),
+        "model_test_accuracy": rows["model"].get("test_accuracy"),
+    })
+
+
 def _palette() -> list:
     import matplotlib
 
@@ -259,21 +320,20 @@ def _order(rows) -> list[str]:
     return sorted(names, key=lambda n: (invariant[n], -spread[n] if not invariant[n] else 0.0))
 
 
-def draw(rows, folder: str, path: str | None = None, caption: str | None = None) -> list[str]:
-    """(a) |ratio| vs α, layer-wise; (b) |ratio| vs s, node-wise; (c) output change per rescaling; log y throughout."""
-    import matplotlib
+def figure(rows, ax=None):
+    """(a) |ratio| vs α, layer-wise; (b) |ratio| vs s, node-wise; (c) output change per rescaling; log y throughout.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the panels (and the measure legend,
+    outside on the right) into (None: a new one). Returns the figure.
+    """
     from matplotlib.lines import Line2D
 
-    from losslab.plot.training import save
-
+    rows = rows["rescalings"]
     names = _order(rows)
     colors = {n: _palette()[i % len(_palette())] for i, n in enumerate(names)}
     kinds = [k for k in ("layer", "node") if any(c["kind"] == k for c, _ in rows)]
-    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.6 * len(kinds) + 7.0, 4.6), constrained_layout=True,
-                             gridspec_kw={"width_ratios": [1.0] * len(kinds) + [0.8]})
+    fig, host = common.panels(ax, (4.6 * len(kinds) + 7.0, 4.6))
+    axes = host.subplots(1, len(kinds) + 1, gridspec_kw={"width_ratios": [1.0] * len(kinds) + [0.8]})
     x_of = {"layer": lambda c: c["alpha"], "node": lambda c: c["log_std"]}
     titles = {"layer": "layer-wise: (W_k, b_k)·α, W_{k+1}/α", "node": "node-wise: α_i = exp(s·z_i), every hidden unit"}
     xlabels = {"layer": "α (scale of hidden layer {layer}, log scale)",
@@ -333,23 +393,16 @@ def draw(rows, folder: str, path: str | None = None, caption: str | None = None)
                else " (invariant " + "/".join(k + "-wise" for k in kinds if invariant[k][name]) + ")")
         handles.append(Line2D([], [], **_style(all(inv), colors[name])))
         texts.append(describe(name) + tag)
-    fig.legend(handles, texts, loc="outside right center", fontsize=7.5,
-               title="measure (dashed, open: declared invariant)", title_fontsize=8)
-    if caption:
-        fig.suptitle(caption, fontsize=9)
-    paths = save(fig, path or os.path.join(folder, "reparametrization"))
-    plt.close(fig)
-    return paths
+    host.legend(handles, texts, loc="outside right center", fontsize=7.5,
+                title="measure (dashed, open: declared invariant)", title_fontsize=8)
+    return fig
 
 
-def main(argv=None) -> None:
-    config, out = parse_config(Config, argv, description=__doc__, quick=quick_config)
-    result = run(config, out)
-    print("model:", result["model"])
-    for e in result["summary"]["per_measure"]:
-        print({k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in e.items()})
-    print("verdict:", result["summary"]["verdict"])
-    print("figures:", ", ".join(result["figures"]))
+def main(argv=None) -> list[str]:
+    """``python -m experiments.reparam [--quick] [--out DIR] [--<field> <value> ...]``."""
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick)
+    rows = run(config, out)
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ Commands::
 Outputs under ``<out>/sharpness/``: one folder per run (config hash; finished runs are
 reused, a killed sweep resumes), ``results.csv``/``results.json`` (one row per run),
 ``tau.csv``/``tau.json`` (τ, its 95% bootstrap interval, granulated τ and per-axis ψ),
-``keskar.json``, and figures ``scatter.png``, ``tau.png``, ``keskar.png``.
+``keskar.json``, and the figures ``sharpness_vs_gap`` (paper figure 3; :func:`figure`),
+``scatter``, ``tau`` and ``keskar`` (:func:`extra_figures`), each as PNG and PDF.
+
+Verdict: a measure correlates when the 95 % bootstrap interval of its Kendall τ with the
+error gap lies above 0; the claim holds when most measures do (see :func:`verdict`).
 
 Design: a *star* around a base configuration (each axis varied alone, for each model),
 which gives one group per axis for the granulated τ; ``design="grid"`` (``--full``)
@@ -27,19 +31,19 @@ common stopping rule; the epoch reached and whether the target was met are recor
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
+import functools
 import itertools
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 
 import jax
 
+from experiments import common
+from experiments.common import Verdict, parse_config, run_sweep
 from losslab import correlation, data, losses, models
 from losslab import sharpness as sharp
 from losslab.objective import Objective
@@ -47,6 +51,9 @@ from losslab.results import RunStore, atomic_write_json, atomic_write_text
 from losslab.train import train
 
 EXPERIMENT = "sharpness"
+FIGURE = "sharpness_vs_gap"
+CLAIM = ("flatter minima generalize better: sharpness measures rank-correlate with the generalization gap "
+         "(Jiang et al. 2020).")
 AXES = ("model", "batch_size", "learning_rate", "loss", "weight_decay", "seed")
 LOSS_OPTIONS = {"label_smoothing": {"smoothing": 0.1}, "focal": {"gamma": 2.0}}
 
@@ -55,8 +62,13 @@ LOSS_OPTIONS = {"label_smoothing": {"smoothing": 0.1}, "focal": {"gamma": 2.0}}
 class Config:
     """The study. Defaults are the embedded default run (≤ 15 minutes on 2 CPU cores).
 
-    Sweep axes are tuples; ``base_*`` fields are the centre of the star design.
-    A batch size of 0 means full batch.
+    Varied: the sweep axes (tuples) model, batch size, learning rate, loss, weight decay and
+    seed; ``base_*`` fields are the centre of the star design. A batch size of 0 means full
+    batch. Fixed: the dataset, ``optimizer``, every measure's options. Stopping (the same
+    for every run): train in chunks of ``check_every`` epochs until the training accuracy
+    reaches ``target_train_accuracy``, at most ``epoch_cap`` epochs. Statistic: Kendall τ of
+    each measure with the error gap over the runs, with a bootstrap 95 % interval
+    (``bootstrap_resamples``), and the granulated τ.
     """
 
     dataset: str = "mnist1d"
@@ -355,14 +367,13 @@ def keskar(rows: Sequence[dict], config: Config) -> list[dict]:
 
 
 def analyse(config: Config, out_dir: str) -> dict:
-    """Writes the tables and figures from the stored runs of this sweep; returns a summary."""
-    import matplotlib
+    """Writes the tables (``results``, ``tau``, ``keskar``; CSV and JSON) from the stored runs of this sweep.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from losslab.plot import sharpness as splot
-
+    Returns the study's rows: ``{"num_runs", "rows" (one flat dict per run: the axes,
+    ``stop_epoch``, ``reached_target``, errors and every measure), "measures", "tau" (one dict
+    per measure: ``tau``, ``tau_low``, ``tau_high``, ``granulated_tau``), "keskar", "base"
+    (the star's centre), "folder"}``.
+    """
     runs = sweep(config)
     store = RunStore(out_dir, EXPERIMENT)
     rows = results_table(store, runs)
@@ -378,111 +389,130 @@ def analyse(config: Config, out_dir: str) -> dict:
     atomic_write_json(os.path.join(folder, "tau.json"), table)
     contrast = keskar(rows, config)
     atomic_write_json(os.path.join(folder, "keskar.json"), contrast)
-    if len(rows) >= 2:
-        fig = splot.measure_grid(rows, measures)
-        fig.savefig(os.path.join(folder, "scatter.png"), dpi=110)
-        plt.close(fig)
-        fig = splot.tau_bars(table)
-        fig.savefig(os.path.join(folder, "tau.png"), dpi=110)
-        plt.close(fig)
-        batch_rows = [r for r in rows if r["learning_rate"] == config.base_learning_rate
-                      and r["loss"] == config.base_loss and r["weight_decay"] == config.base_weight_decay
-                      and r["seed"] == config.base_seed]
-        if batch_rows and "epsilon_sharpness" in measures:
-            fig = splot.keskar_contrast(batch_rows)
-            fig.savefig(os.path.join(folder, "keskar.png"), dpi=110)
-            plt.close(fig)
+    base = {"learning_rate": config.base_learning_rate, "loss": config.base_loss,
+            "weight_decay": config.base_weight_decay, "seed": config.base_seed}
     return {"num_runs": len(rows), "tau": table, "keskar": contrast, "folder": folder, "rows": rows,
-            "measures": measures}
+            "measures": measures, "base": base}
 
 
 # ----------------------------------------------------------------------------
 # Driver
 
 
-def run(config: Config, out_dir: str = "results", *, progress: bool = True) -> dict:
-    """Runs the missing runs of the sweep (resuming), then :func:`analyse`.
+def _measure(run: dict, dataset) -> dict:
+    """One run of the sweep: :func:`train_and_measure` plus the training-set size and the error gap."""
+    ds = dataset()
+    metrics = train_and_measure(run, ds)
+    metrics["num_train"] = ds.x_train.shape[0]
+    metrics["measures"]["gap_error"] = metrics["measures"].get("gap_error", metrics["test_error"] - metrics["train_error"])
+    return metrics
+
+
+def run(config: Config, out_dir: str) -> dict:
+    """Runs the missing runs of the sweep (resuming, through :func:`common.run_sweep`), then :func:`analyse`.
 
     Each finished run is saved atomically in ``<out_dir>/sharpness/<run-id>/`` before the
-    next starts; finished runs are never recomputed.
+    next starts; finished runs are never recomputed. Returns the rows of :func:`analyse`.
     """
-    from tqdm.auto import tqdm
-
     validate(config)
     runs = sweep(config)
     store = RunStore(out_dir, EXPERIMENT)
-    todo = [r for r in runs if not store.is_done(r)]
-    ds = _dataset(config) if todo else None
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sharpness runs", unit="run",
-               disable=not progress, file=sys.stderr)
-    for r in todo:
-        bar.set_postfix_str(f"{r['model']} bs={r['batch_size']} lr={r['learning_rate']} {r['loss']} "
-                            f"wd={r['weight_decay']} seed={r['seed']}")
-        t0 = time.perf_counter()
-        metrics = train_and_measure(r, ds)
-        metrics["num_train"] = ds.x_train.shape[0]
-        metrics["measures"]["gap_error"] = metrics["measures"].get("gap_error", metrics["test_error"] - metrics["train_error"])
-        store.save(r, metrics, seed=r["seed"], wall_time=time.perf_counter() - t0)
-        bar.update(1)
-    bar.close()
+    dataset = functools.cache(lambda: _dataset(config))  # loaded once, and only when a run is missing
+    run_sweep(store, [(r, lambda r: _measure(r, dataset)) for r in runs], desc="sharpness runs")
     return analyse(config, out_dir)
 
 
-def _parse_value(text: str, default):
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes"):
-            return True
-        if text.lower() in ("0", "false", "no"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if isinstance(default, tuple):
-        items = [t for t in text.split(",") if t.strip()]
-        proto = default[0] if default else ""
-        return tuple(_parse_value(t.strip(), proto) for t in items)
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    return text
+# ----------------------------------------------------------------------------
+# Verdict and figures (from the rows only)
 
 
-def config_from_args(argv: Sequence[str] | None = None) -> tuple[Config, str, bool]:
-    """Parses ``--quick``/``--full``, ``--out`` and ``--<field> value`` overrides of :class:`Config`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sweep (under a minute)")
-    parser.add_argument("--full", action="store_true", help="the larger grid sweep, for a GPU")
-    parser.add_argument("--out", default="results", help="results root (default: results)")
-    parser.add_argument("--no-progress", action="store_true")
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        parser.add_argument(f"--{f.name}", default=None, help=f"default {getattr(defaults, f.name)!r}"
-                            + (" (comma-separated)" if isinstance(getattr(defaults, f.name), tuple) else ""))
-    args = parser.parse_args(argv)
-    if args.quick and args.full:
-        parser.error("--quick and --full are exclusive")
-    base = quick() if args.quick else full() if args.full else Config()
-    overrides = {}
-    for f in dataclasses.fields(Config):
-        text = getattr(args, f.name)
-        if text is not None:
-            try:
-                overrides[f.name] = _parse_value(text, getattr(base, f.name))
-            except ValueError as e:
-                parser.error(f"--{f.name}: {e}")
-    return dataclasses.replace(base, **overrides), args.out, not args.no_progress
+def _finite(table) -> list[dict]:
+    return [r for r in table if r["tau"] is not None and math.isfinite(r["tau"])]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    config, out, progress = config_from_args(argv)
-    t0 = time.perf_counter()
-    summary = run(config, out, progress=progress)
-    print(f"{summary['num_runs']} runs in {summary['folder']} ({time.perf_counter() - t0:.0f} s)")
+def verdict(rows) -> Verdict:
+    """Counts the measures whose Kendall τ with the error gap is resolved above 0.
+
+    A measure correlates positively when the 95 % bootstrap interval of its τ lies above 0
+    (``tau_low > 0``), negatively when it lies below 0. Holds: more than half of the measures
+    (with a finite τ) correlate positively. Does not hold: none does. Inconclusive: otherwise.
+    """
+    table = _finite(rows["tau"])
+    ranked = sorted(table, key=lambda r: -r["tau"])
+    positive = [r["measure"] for r in ranked if r["tau_low"] > 0]
+    negative = [r["measure"] for r in ranked if r["tau_high"] < 0]
+    by = {r["measure"]: r for r in table}
+    shown = [r["measure"] for r in ranked[:3]]
+    parts = [f"{r['measure']} τ = {r['tau']:+.2f} [{r['tau_low']:+.2f}, {r['tau_high']:+.2f}]" for r in ranked[:3]]
+    for m in ("hessian_trace", "hessian_lambda_max"):
+        if m in by and m not in shown:
+            parts.append(f"{m} τ = {by[m]['tau']:+.2f}")
+    summary = (f"over {rows['num_runs']} runs, {len(positive)} of {len(table)} measures correlate positively with "
+               f"the error gap (95 % CI above 0){', ' + str(len(negative)) + ' negatively' if negative else ''}; "
+               f"strongest: " + "; ".join(parts) + ".")
+    status = ("holds" if table and len(positive) > len(table) / 2 else "does not hold" if not positive
+              else "inconclusive")
+    return Verdict(CLAIM, status, {
+        "rule": ("a measure correlates when the 95 % bootstrap interval of its Kendall τ with the error gap lies "
+                 "above 0; the claim holds when more than half of the measures do, does not hold when none does, "
+                 "and is inconclusive otherwise"),
+        "summary": summary, "num_runs": rows["num_runs"], "num_measures": len(table),
+        "positive": positive, "negative": negative,
+        "tau": {r["measure"]: [r["tau"], r["tau_low"], r["tau_high"]] for r in ranked},
+    })
+
+
+def figure(rows, ax=None):
+    """τ (with its interval) and granulated τ of every measure, then the error gap against the two
+    strongest measures and the Hessian ones (up to three scatter panels).
+
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the panels into (None: a new one).
+    Returns the figure.
+    """
+    from losslab.plot import sharpness as splot
+
+    table = _finite(rows["tau"])
+    ranked = sorted(table, key=lambda r: -r["tau"])
+    by = {r["measure"] for r in table}
+    shown = [r["measure"] for r in ranked[:2]]
+    for m in ("hessian_trace", "hessian_lambda_max"):
+        if m in by and m not in shown and len(shown) < 3:
+            shown.append(m)
+    fig, host = common.panels(ax, (16, 5))
+    grid = host.add_gridspec(1, 1 + len(shown), width_ratios=[1.3] + [1] * len(shown))
+    splot.tau_bars(rows["tau"], ax=host.add_subplot(grid[0, 0]))
+    for i, m in enumerate(shown):
+        splot.measure_vs_gap(rows["rows"], m, ax=host.add_subplot(grid[0, i + 1]))
+    return fig
+
+
+def extra_figures(rows) -> dict:
+    """``scatter`` (the gap against every measure), ``tau`` (the τ bars alone) and, when the batch
+    axis was swept with ε-sharpness measured, ``keskar`` (the small- vs large-batch contrast)."""
+    from losslab.plot import sharpness as splot
+
+    out = {}
+    if len(rows["rows"]) < 2:
+        return out
+    out["scatter"] = splot.measure_grid(rows["rows"], rows["measures"])
+    out["tau"] = splot.tau_bars(rows["tau"])
+    base = rows["base"]
+    batch_rows = [r for r in rows["rows"] if all(r[k] == v for k, v in base.items())]
+    if batch_rows and "epsilon_sharpness" in rows["measures"]:
+        out["keskar"] = splot.keskar_contrast(batch_rows)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> list[str]:
+    """``python -m experiments.sharpness [--quick | --full] [--out DIR] [--<field> <value> ...]``."""
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick, full=full)
+    rows = run(config, out)
+    print(f"{rows['num_runs']} runs in {rows['folder']}")
     print(f"{'measure':24s} {'tau':>6s} {'95% CI':>15s} {'gran.':>6s}")
-    for row in summary["tau"]:
+    for row in rows["tau"]:
         g = row.get("granulated_tau", math.nan)
         print(f"{row['measure']:24s} {row['tau']:+6.2f} [{row['tau_low']:+.2f}, {row['tau_high']:+.2f}] {g:+6.2f}")
-    for k in summary["keskar"]:
-        print(json.dumps(k))
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows), **extra_figures(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":

@@ -11,32 +11,39 @@ Measured: a ReLU MLP 40-64-64-64-10 with the mean-squared-error loss on one-hot
 labels (Cohen et al.'s main setting is MSE) on the first 1000 MNIST-1D training
 examples, trained by full-batch gradient descent (``optimizer="sgd"``,
 ``batch_size=None``) for several step sizes η. Every ``probe_every`` steps an
-in-training probe (:func:`losslab.curvature.lambda_max_probe`, compiled into the
+in-training probe (:func:`losslab.probes.lambda_max_probe`, compiled into the
 training program) spends ``lanczos_steps`` warm-started Lanczos steps on the
 full-training-set Hessian :math:`\\nabla^2 L(\\theta_t)` and records λ_max (with
 its Ritz residual). Summary per η: the largest λ_max, the median λ_max over the
 second half of training divided by 2/η, and the final training loss.
 
-Feeds: ``figures/edge_of_stability`` (paper figure 4).
+Verdict: a run is at the edge when its second-half median λ_max is at least
+``EDGE_FRACTION`` × 2/η; the claim holds when every run that did not diverge rose to the
+edge (see :func:`verdict`).
 
-    python -m experiments.stability
-    python -m experiments.stability --quick
+Feeds: ``figures/edge_of_stability`` (paper figure 4; :func:`figure`).
+
+    python -m experiments.stability            # the default run, ≈ 2.7 min on 2 CPU cores
+    python -m experiments.stability --quick    # seconds, for tests
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import numpy as np
 
-from experiments.common import parse_config, run_sweep
-from losslab import Objective, curvature, data, models
+from experiments import common
+from experiments.common import Row, Verdict, load_row, parse_config, run_sweep
+from losslab import Objective, data, models, probes
 from losslab.results import RunStore
 from losslab.train import TrainingDivergedError, train
 
 EXPERIMENT = "stability"
+FIGURE = "edge_of_stability"
+CLAIM = ("under full-batch gradient descent λ_max rises until it reaches 2/η and then hovers there "
+         "(Cohen et al. 2021).")
 
 # A run "is at the edge" when the median λ_max over its second half is at least this
 # fraction of 2/η (Cohen et al. report λ_max hovering just above 2/η; the warm-started
@@ -46,7 +53,13 @@ EDGE_FRACTION = 0.9
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Full-batch GD at several step sizes with λ_max tracked in-graph; defaults are the real run."""
+    """Full-batch GD at several step sizes with λ_max tracked in-graph; defaults are the real run.
+
+    Varied: the step size η (``learning_rates``). Fixed: the MLP, the loss, the first
+    ``num_train`` training examples, full-batch GD. Stopping: ``steps`` steps for every η
+    (a NaN/Inf loss stops a run: recorded as diverged). Seed: ``seed``. Statistic: the
+    median λ_max over the second half of training, divided by 2/η.
+    """
 
     dataset: str = "mnist1d"
     num_train: int = 1000
@@ -60,7 +73,8 @@ class Config:
     seed: int = 0
 
 
-def quick_config() -> Config:
+def quick() -> Config:
+    """A small MLP on 200 examples, two step sizes, 200 steps."""
     return Config(num_train=200, widths=(16, 16), learning_rates=(0.5, 2.0), steps=200)
 
 
@@ -90,7 +104,7 @@ def gradient_descent(cfg: dict):
     if cfg["steps"] % cfg["probe_every"]:
         raise ValueError(f"steps ({cfg['steps']}) must be a multiple of probe_every ({cfg['probe_every']})")
     obj = objective(cfg)
-    probe = curvature.lambda_max_probe(num_steps=cfg["lanczos_steps"], full_batch=True, seed=cfg["seed"],
+    probe = probes.lambda_max_probe(num_steps=cfg["lanczos_steps"], full_batch=True, seed=cfg["seed"],
                                        with_residual=True)
     result = train(obj, optimizer="sgd", learning_rate=cfg["learning_rate"], batch_size=None, epochs=cfg["steps"],
                    key=cfg["seed"], probes={"lambda_max": probe}, probe_every=cfg["probe_every"],
@@ -125,53 +139,58 @@ def trajectory(cfg: dict) -> dict:
 
 
 def _configs(config: Config) -> list[dict]:
-    common = {"dataset": config.dataset, "num_train": config.num_train, "widths": list(config.widths),
+    shared = {"dataset": config.dataset, "num_train": config.num_train, "widths": list(config.widths),
               "activation": config.activation, "loss": config.loss, "steps": config.steps,
               "probe_every": config.probe_every, "lanczos_steps": config.lanczos_steps, "seed": config.seed}
-    return [{**common, "name": f"lr{lr:g}", "learning_rate": lr} for lr in config.learning_rates]
+    return [{**shared, "name": f"lr{lr:g}", "learning_rate": lr} for lr in config.learning_rates]
 
 
-def run(config: Config, out_dir: str) -> dict:
+def run(config: Config, out_dir: str) -> list[Row]:
+    """Runs (or resumes) every step size into ``<out_dir>/stability/``.
+
+    Returns the rows: one :class:`common.Row` per η, in ``learning_rates`` order. Metrics:
+    ``diverged`` (None or the error), ``final_train_loss``, ``max_lambda_max``; arrays:
+    ``lambda_step``, ``lambda_max``, ``residual`` (every ``probe_every`` steps) and
+    ``loss_step``, ``loss`` (every step). A diverged run has no arrays.
+    """
     store = RunStore(out_dir, EXPERIMENT)
     cfgs = _configs(config)
-    metrics = run_sweep(store, [(c, trajectory) for c in cfgs], desc="stability study")
-    runs = [store.load(c) for c in cfgs]
-    figs = draw(runs, os.path.join(out_dir, EXPERIMENT))
-    return {"metrics": metrics, "figures": figs, "summary": summarize(runs), "runs": runs}
+    run_sweep(store, [(c, trajectory) for c in cfgs], desc="stability study")
+    return [load_row(store, c) for c in cfgs]
 
 
-def summarize(runs) -> dict:
-    """Per η: max λ_max, last-half median λ_max / (2/η), final loss; and a verdict from those numbers.
+def summarize(rows) -> list[dict]:
+    """Per η: max λ_max, last-half median λ_max / (2/η), final loss, whether it is at the edge.
 
     ``edge_step`` is the first probed step with λ_max ≥ ``EDGE_FRACTION`` × 2/η (None if never).
     """
-    rows = []
-    for r in runs:
+    out = []
+    for r in rows:
         lr = r.config["learning_rate"]
         if r.metrics.get("diverged"):
-            rows.append({"learning_rate": lr, "threshold": threshold(lr), "diverged": True})
+            out.append({"learning_rate": lr, "threshold": threshold(lr), "diverged": True})
             continue
-        a = r.arrays()
-        lam, steps = a["lambda_max"], a["lambda_step"]
+        a = r.arrays
+        lam, steps = np.asarray(a["lambda_max"]), np.asarray(a["lambda_step"])
         late = lam[steps > steps[-1] / 2]
         ratio = float(np.median(late) / threshold(lr))
         reached = np.flatnonzero(lam >= EDGE_FRACTION * threshold(lr))
-        rows.append({
+        out.append({
             "learning_rate": lr, "threshold": threshold(lr), "diverged": False,
             "max_lambda_max": float(lam.max()), "late_median_over_threshold": ratio,
             "first_lambda_max": float(lam[0]),
             "edge_step": int(steps[reached[0]]) if reached.size else None,
-            "late_max_rel_residual": float(np.max(a["residual"][steps > steps[-1] / 2] / np.abs(late))),
+            "late_max_rel_residual": float(np.max(np.asarray(a["residual"])[steps > steps[-1] / 2] / np.abs(late))),
             "final_train_loss": r.metrics["final_train_loss"], "at_edge": ratio >= EDGE_FRACTION,
         })
-    return {"per_lr": rows, "verdict": verdict(rows)}
+    return out
 
 
-def verdict(rows: list[dict]) -> str:
+def _reading(per_lr: list[dict]) -> str:
     """One sentence from the numbers: which η reach and hover at 2/η, which stay below, which diverged."""
-    edge = [e for e in rows if not e["diverged"] and e["at_edge"]]
-    below = [e for e in rows if not e["diverged"] and not e["at_edge"]]
-    diverged = [e for e in rows if e["diverged"]]
+    edge = [e for e in per_lr if not e["diverged"] and e["at_edge"]]
+    below = [e for e in per_lr if not e["diverged"] and not e["at_edge"]]
+    diverged = [e for e in per_lr if e["diverged"]]
     parts = []
     if edge:
         lo = min(e["late_median_over_threshold"] for e in edge)
@@ -192,24 +211,54 @@ def verdict(rows: list[dict]) -> str:
     return "; ".join(parts) if parts else "no runs"
 
 
-def figure(runs, caption: str | None = None):
-    """The two-panel figure (λ_max vs step with 2/η lines; training loss vs step), from stored runs."""
-    import matplotlib
+def verdict(rows) -> Verdict:
+    """The edge of stability from the per-η summary (:func:`summarize`).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Holds: every run that did not diverge is at the edge (second-half median λ_max ≥
+    ``EDGE_FRACTION`` × 2/η) and started below it (λ_max rose). Does not hold: none is at the
+    edge. Inconclusive: some are and some are not, a run started at the edge already, or
+    every run diverged.
+    """
+    per_lr = summarize(rows)
+    live = [e for e in per_lr if not e["diverged"]]
+    edge = [e for e in live if e["at_edge"]]
+    rose = all(e["first_lambda_max"] < EDGE_FRACTION * e["threshold"] for e in edge)
+    if live and len(edge) == len(live) and rose:
+        status = "holds"
+    elif live and not edge:
+        status = "does not hold"
+    else:
+        status = "inconclusive"
+    return Verdict(CLAIM, status, {
+        "rule": (f"a run is at the edge when its second-half median λ_max is at least {EDGE_FRACTION:g} × 2/η; "
+                 "the claim holds when every run that did not diverge is at the edge and started below it, does "
+                 "not hold when none is at the edge, and is inconclusive otherwise"),
+        "summary": _reading(per_lr),
+        "edge_fraction": EDGE_FRACTION,
+        "per_lr": [{k: e.get(k) for k in ("learning_rate", "threshold", "diverged", "late_median_over_threshold",
+                                           "first_lambda_max", "max_lambda_max", "edge_step", "at_edge")}
+                   for e in per_lr],
+    })
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    live = [r for r in runs if not r.metrics.get("diverged")]
+
+def figure(rows, ax=None):
+    """Two panels: λ_max vs step with the 2/η lines; full-batch training loss vs step.
+
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the two panels into (None: a new one).
+    Diverged runs appear in the legend only. Returns the figure.
+    """
+    fig, host = common.panels(ax, (11, 4.2))
+    axes = host.subplots(1, 2)
+    live = [r for r in rows if not r.metrics.get("diverged")]
     lam_all = []
-    for i, r in enumerate(runs):
+    for i, r in enumerate(rows):
         lr = r.config["learning_rate"]
         color = f"C{i}"
         if r.metrics.get("diverged"):
             axes[0].plot([], [], color=color, label=f"η = {lr:g}: diverged")
             continue
-        a = r.arrays()
-        lam_all.append(a["lambda_max"])
+        a = r.arrays
+        lam_all.append(np.asarray(a["lambda_max"]))
         axes[0].plot(a["lambda_step"], a["lambda_max"], color=color, lw=1.2, label=f"η = {lr:g}")
         axes[0].axhline(threshold(lr), color=color, ls="--", lw=1, alpha=0.8, label=f"2/η = {threshold(lr):.3g}")
         axes[1].plot(a["loss_step"], a["loss"], color=color, lw=1, label=f"η = {lr:g}")
@@ -218,42 +267,26 @@ def figure(runs, caption: str | None = None):
         values = np.concatenate(lam_all + [[threshold(r.config["learning_rate"]) for r in live]])
         if values.max() / max(values.min(), 1e-12) > 20:
             ax.set_yscale("log")
+    cfg = rows[0].config
     ax.set_xlabel("gradient-descent step t")
     ax.set_ylabel("λ_max of the training-loss Hessian")
-    widths = "-".join(str(w) for w in runs[0].config["widths"])
-    ax.set_title(f"sharpness: {runs[0].config['activation']} MLP {widths}, {runs[0].config['loss']}, "
-                 f"n = {runs[0].config['num_train']}", fontsize=10)
+    widths = "-".join(str(w) for w in cfg["widths"])
+    ax.set_title(f"sharpness: {cfg['activation']} MLP {widths}, {cfg['loss']}, n = {cfg['num_train']}", fontsize=10)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax = axes[1]
     ax.set_yscale("log")
     ax.set_xlabel("gradient-descent step t")
-    ax.set_ylabel(f"full-batch training loss ({runs[0].config['loss']}, log scale)")
+    ax.set_ylabel(f"full-batch training loss ({cfg['loss']}, log scale)")
     ax.set_title("training loss", fontsize=10)
     ax.legend(fontsize=8)
-    if caption:
-        fig.suptitle(caption, fontsize=9)
     return fig
 
 
-def draw(runs, folder: str, path: str | None = None, caption: str | None = None) -> list[str]:
-    """Saves :func:`figure` as ``edge_of_stability`` (PNG + PDF) in ``folder`` (or at ``path``)."""
-    fig = figure(runs, caption)
-    import matplotlib.pyplot as plt
-
-    from losslab.plot.training import save
-
-    paths = save(fig, path or os.path.join(folder, "edge_of_stability"))
-    plt.close(fig)
-    return paths
-
-
-def main(argv=None) -> None:
-    config, out = parse_config(Config, argv, description=__doc__, quick=quick_config)
-    result = run(config, out)
-    for e in result["summary"]["per_lr"]:
-        print({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in e.items()})
-    print("verdict:", result["summary"]["verdict"])
-    print("figures:", ", ".join(result["figures"]))
+def main(argv=None) -> list[str]:
+    """``python -m experiments.stability [--quick] [--out DIR] [--<field> <value> ...]``."""
+    config, out = parse_config(Config, argv, description=__doc__, quick=quick)
+    rows = run(config, out)
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":

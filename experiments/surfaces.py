@@ -1,18 +1,21 @@
 """Loss surfaces of small-batch vs large-batch minima, and of a ResNet vs its plain twin.
 
-Feeds the figures (written to ``<out>/figures/``):
+Claim (Keskar et al. 2017; Li et al. 2018): large-batch (LB) training converges to sharper
+minima than small-batch (SB) training, and they generalize worse; filter-normalised
+surfaces make the difference visible.
 
-* ``surfaces_planes``: filter-normalised 2-D planes (Li et al. 2018) around the
-  small-batch (SB) and large-batch (LB) minima of the same MLP on MNIST-1D, on one
-  log colour scale; ``surfaces_planes_3d``: the same as 3-D surfaces.
-* ``surfaces_interpolation``: loss and accuracy along θ_SB + α(θ_LB − θ_SB),
-  α in [−1, 2] (Keskar et al. 2017, Fig. 3).
-* ``surfaces_lines``: filter-normalised 1-D slices through both minima on one axis
-  (Li et al. 2018, Fig. 3).
-* ``surfaces_trajectory``: the LB training trajectory projected on its PCA plane over
-  the loss contour, axes labelled with explained variance (Li et al. 2018, Fig. 9).
-* ``surfaces_resnet_plain``: planes of a small 1-D ResNet and its plain twin
-  (same depth and shapes, no skip connections; Li et al. 2018, Fig. 5).
+Feeds ``figures/sb_lb_surfaces`` (paper figure 1; :func:`figure`): filter-normalised 2-D
+planes (Li et al. 2018) around the SB and LB minima of the same MLP on MNIST-1D on one log
+colour scale, filter-normalised 1-D slices through both minima on one axis (Li et al. 2018,
+Fig. 3), and loss and accuracy along θ_SB + α(θ_LB − θ_SB), α in [−1, 2] (Keskar et al.
+2017, Fig. 3). :func:`extra_figures` draws the planes as 3-D surfaces
+(``surfaces_planes_3d``), the LB training trajectory projected on its PCA plane over the
+loss contour, axes labelled with explained variance (``surfaces_trajectory``; Li et al.
+2018, Fig. 9), and planes of a small 1-D ResNet and its plain twin (same depth and shapes,
+no skip connections; ``surfaces_resnet_plain``; Li et al. 2018, Fig. 5).
+
+Verdict: sharper = the larger mean rise of the training loss at the edges of the 1-D slices;
+generalizes worse = the lower test accuracy (see :func:`verdict`).
 
 Command: ``python -m experiments.surfaces`` (the default run: about 5 minutes on
 2 CPU cores), ``--quick`` (seconds, for tests), ``--out DIR``, ``--<field> <value>``.
@@ -23,7 +26,6 @@ rerun skips finished runs and only redraws the figures.
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 from collections.abc import Sequence
 
@@ -31,7 +33,8 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from experiments.common import parse_config, run_sweep
+from experiments import common
+from experiments.common import COMBINE_RULE, Row, Verdict, combine, load_row, parse_config, run_sweep
 from losslab import Objective, data, models
 from losslab import directions as D
 from losslab import surface as S
@@ -39,11 +42,22 @@ from losslab.results import RunStore
 from losslab.train import train
 
 EXPERIMENT = "surfaces"
+FIGURE = "sb_lb_surfaces"
+CLAIM = ("large-batch training converges to sharper minima that generalize worse (Keskar et al. 2017), visible in "
+         "filter-normalised surfaces (Li et al. 2018).")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The study's settings; the defaults are the real run."""
+    """The study's settings; the defaults are the real run.
+
+    Varied: the batch size (``small_batch`` vs ``large_batch``; and, for the ResNet part, the
+    architecture). Fixed: the MLP and its initialisation (``seed``), Adam, learning rate.
+    Stopping: a fixed number of epochs per batch size (``small_epochs``, ``large_epochs``:
+    comparable numbers of steps are not the aim, reaching a minimum is). One seed; the
+    random directions are drawn with the same key for both minima. Statistic: the mean rise
+    of the training loss at the two ends of a filter-normalised 1-D slice.
+    """
 
     seed: int = 0
     num_samples: int = 5000  # MNIST-1D samples (train/val/test split by the loader)
@@ -220,10 +234,15 @@ def _resnet_train_configs(config: Config) -> dict[str, dict]:
     return {name: {**base, "name": f"train-{name}", "model": name} for name in ("resnet", "plain")}
 
 
-def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
-    """Runs (or resumes) the study into ``<out_dir>/surfaces/`` and draws its figures.
+def run(config: Config, out_dir: str) -> dict[str, Row]:
+    """Runs (or resumes) the study into ``<out_dir>/surfaces/``.
 
-    Returns ``{"runs": {name: metrics}, "figures": [paths], "stored": {name: results.Run}}``.
+    Returns the rows: ``{name: Row}`` (:class:`common.Row`) for the trainings ``train-sb``,
+    ``train-lb``, ``train-resnet``, ``train-plain`` (metrics only: ``train_loss``,
+    ``test_accuracy``, ...) and the analyses with their arrays: ``plane-sb``, ``plane-lb``,
+    ``plane-resnet``, ``plane-plain`` (``x``, ``y`` and the metrics on the grid), ``lines``
+    (``t``, ``<sb|lb>_<train|test>_loss``), ``interpolation`` (``t`` and the metrics) and
+    ``trajectory`` (the PCA plane, ``coords``, ``epochs``, ``explained_variance_ratio``).
     """
     store = RunStore(out_dir, EXPERIMENT)
     key = jax.random.key(config.seed)
@@ -334,11 +353,11 @@ def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
 
         return fn
 
-    common = {"experiment": EXPERIMENT, "seed": config.seed, "points_per_chunk": config.points_per_chunk}
+    shared = {"experiment": EXPERIMENT, "seed": config.seed, "points_per_chunk": config.points_per_chunk}
     analyses = {
         "plane-sb": (
             {
-                **common,
+                **shared,
                 "name": "plane-sb",
                 "train": train_cfgs["sb"],
                 "grid_points": config.grid_points,
@@ -348,7 +367,7 @@ def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
         ),
         "plane-lb": (
             {
-                **common,
+                **shared,
                 "name": "plane-lb",
                 "train": train_cfgs["lb"],
                 "grid_points": config.grid_points,
@@ -356,14 +375,14 @@ def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
             },
             plane_run("lb"),
         ),
-        "lines": ({**common, "name": "lines", "train": train_cfgs, "line_points": config.line_points}, lines_run),
+        "lines": ({**shared, "name": "lines", "train": train_cfgs, "line_points": config.line_points}, lines_run),
         "interpolation": (
-            {**common, "name": "interpolation", "train": train_cfgs, "interp_points": config.interp_points},
+            {**shared, "name": "interpolation", "train": train_cfgs, "interp_points": config.interp_points},
             interp_run,
         ),
         "trajectory": (
             {
-                **common,
+                **shared,
                 "name": "trajectory",
                 "train": train_cfgs["lb"],
                 "trajectory_grid_points": config.trajectory_grid_points,
@@ -374,7 +393,7 @@ def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
     for name in ("resnet", "plain"):
         analyses[f"plane-{name}"] = (
             {
-                **common,
+                **shared,
                 "name": f"plane-{name}",
                 "train": res_cfgs[name],
                 "resnet_grid_points": config.resnet_grid_points,
@@ -388,89 +407,119 @@ def run(config: Config, out_dir: str, fig_dir: str | None = None) -> dict:
         **{f"train-{k}": v for k, v in res_cfgs.items()},
         **{k: v[0] for k, v in analyses.items()},
     }
-    loaded = {name: store.load(cfg, cfg["name"]) for name, cfg in all_cfgs.items()}
-    figures = make_figures(loaded, fig_dir or os.path.join(out_dir, "figures"))
-    return {"runs": {name: run_.metrics for name, run_ in loaded.items()}, "figures": figures, "stored": loaded}
+    return {name: load_row(store, cfg, arrays=not name.startswith("train-")) for name, cfg in all_cfgs.items()}
 
 
 # --------------------------------------------------------------------------
-# Figures (from stored runs only)
+# Verdict and figures (from stored rows only)
 
 
-def make_figures(runs: dict, fig_dir: str) -> list[str]:
-    """Draws every figure of the study from stored runs ``{name: results.Run}``; returns file paths."""
+def edge_rise(t, values) -> float:
+    """Mean of ``values`` at the two ends of the slice (|t| maximal) minus its value at t = 0."""
+    t, v = np.asarray(t), np.asarray(values)
+    edge = np.abs(t) >= 0.999 * np.abs(t).max()
+    return float(np.mean(v[edge]) - v[int(np.argmin(np.abs(t)))])
+
+
+def verdict(rows) -> Verdict:
+    """Two parts: the LB minimum is sharper; it generalizes worse.
+
+    (a) sharper: the training-loss rise at the edges of the filter-normalised 1-D slice
+    (:func:`edge_rise`) is larger through the LB minimum than through the SB one (True),
+    smaller (False) or equal (None); (b) generalizes worse: SB's test accuracy above LB's
+    (True), below (False), equal (None). Combined by :func:`common.combine`.
+    """
+    lines = rows["lines"].arrays
+    rise = {w: edge_rise(lines["t"], lines[f"{w}_train_loss"]) for w in ("sb", "lb")}
+    acc = {w: rows[f"train-{w}"].metrics["test_accuracy"] for w in ("sb", "lb")}
+    parts = {"large_batch_sharper": common.direction(rise["sb"], rise["lb"]),
+             "large_batch_generalizes_worse": common.direction(acc["lb"], acc["sb"])}
+    sharper = rise["lb"] > rise["sb"]
+    summary = (f"the large-batch minimum is {'sharper' if sharper else 'flatter'} (train-loss rise at the edge of the "
+               f"filter-normalised slices: LB {rise['lb']:.3g} vs SB {rise['sb']:.3g}) and SB reaches "
+               f"{100 * acc['sb']:.1f} % test accuracy vs LB {100 * acc['lb']:.1f} %.")
+    return Verdict(CLAIM, combine(parts), {
+        "rule": ("(a) the training-loss rise at the two ends of the filter-normalised 1-D slice (mean of the ends "
+                 "minus the centre) is larger through the LB minimum than through the SB one; (b) SB's test accuracy "
+                 f"is above LB's; {COMBINE_RULE}"),
+        "summary": summary, "parts": parts, "edge_rise": rise, "test_accuracy": acc,
+        "batch_size": {w: rows[f"train-{w}"].config["batch_size"] for w in ("sb", "lb")},
+    })
+
+
+def _loss_range(*arrays) -> tuple[float, float]:
+    both = np.concatenate([np.asarray(a).ravel() for a in arrays])
+    return float(both[both > 0].min()), float(min(both.max(), 10.0))
+
+
+def figure(rows, ax=None):
+    """Four panels: train-loss planes around the SB and LB minima (one log colour scale), the
+    1-D slices through both, and the interpolation SB (α=0) → LB (α=1).
+
+    ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the panels into (None: a new one).
+    Returns the figure.
+    """
+    from losslab.plot import surface as P
+
+    fig, host = common.panels(ax, (21, 4.8))
+    axes = host.subplots(1, 4)
+    sb, lb = rows["plane-sb"].arrays, rows["plane-lb"].arrays
+    vmin, vmax = _loss_range(sb["train_loss"], lb["train_loss"])
+    for ax_, arr, key in zip(axes[:2], (sb, lb), ("sb", "lb")):
+        train = rows[f"train-{key}"]
+        P.contour(arr["x"], arr["y"], arr["train_loss"], ax=ax_, vmin=vmin, vmax=vmax, label="train loss (nats)",
+                  title=f"{'small' if key == 'sb' else 'large'}-batch minimum (batch {train.config['batch_size']}, "
+                        f"test acc {100 * train.metrics['test_accuracy']:.1f} %)",
+                  points={key.upper(): (0.0, 0.0)})
+    lines = rows["lines"].arrays
+    series = {f"{w.upper()} {s}": lines[f"{w}_{s}_loss"] for w in ("sb", "lb") for s in ("train", "test")}
+    styles = {"SB train": "b-", "SB test": "b--", "LB train": "r-", "LB test": "r--"}
+    P.curves(lines["t"], series, ax=axes[2], log=True, styles=styles, title="filter-normalised 1-D slices")
+    interp = rows["interpolation"].arrays
+    P.interpolation(interp["t"], interp, ax=axes[3], names=("SB", "LB"), title="1-D interpolation SB (α=0) → LB (α=1)")
+    return fig
+
+
+def extra_figures(rows) -> dict:
+    """The study's other views, from stored rows: ``{stem: Figure}``.
+
+    ``surfaces_planes_3d`` (the SB / LB planes as 3-D surfaces), ``surfaces_trajectory`` (the LB
+    trajectory on its PCA plane) and ``surfaces_resnet_plain`` (ResNet vs its plain twin).
+    """
     import matplotlib.pyplot as plt
 
     from losslab.plot import surface as P
 
-    paths = []
-    sb, lb = runs["plane-sb"].arrays(), runs["plane-lb"].arrays()
-    tr = {k: runs[f"train-{k}"].metrics for k in ("sb", "lb")}
-    both = np.concatenate([sb["train_loss"].ravel(), lb["train_loss"].ravel()])
-    vmin = float(both[both > 0].min())
-    vmax = float(min(both.max(), 10.0))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, arr, key in zip(axes, (sb, lb), ("sb", "lb")):
-        P.contour(
-            arr["x"],
-            arr["y"],
-            arr["train_loss"],
-            ax=ax,
-            vmin=vmin,
-            vmax=vmax,
-            label="train loss",
-            title=f"{key.upper()} minimum (test acc {100 * tr[key]['test_accuracy']:.1f} %)",
-            points={key.upper(): (0.0, 0.0)},
-        )
-    paths += P.save(fig, os.path.join(fig_dir, "surfaces_planes"))
-
-    fig = plt.figure(figsize=(10, 4.5))
+    out = {}
+    sb, lb = rows["plane-sb"].arrays, rows["plane-lb"].arrays
+    vmin, vmax = _loss_range(sb["train_loss"], lb["train_loss"])
+    fig = plt.figure(figsize=(10, 4.5), layout="constrained")
     for i, (arr, key) in enumerate(((sb, "SB"), (lb, "LB"))):
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
         P.surface3d(arr["x"], arr["y"], arr["train_loss"], ax=ax, vmin=vmin, vmax=vmax, title=f"{key} minimum")
         ax.set_zlim(vmin, vmax)
-    paths += P.save(fig, os.path.join(fig_dir, "surfaces_planes_3d"))
+    out["surfaces_planes_3d"] = fig
 
-    interp = runs["interpolation"].arrays()
-    fig = P.interpolation(
-        interp["t"], interp, names=("SB", "LB"), title="Interpolation between SB and LB minima (Keskar et al. Fig. 3)"
-    )
-    paths += P.save(fig, os.path.join(fig_dir, "surfaces_interpolation"))
+    traj = rows["trajectory"].arrays
+    fig = P.contour(traj["x"], traj["y"], traj["train_loss"], label="train loss", title="LB trajectory on its PCA plane")
+    P.trajectory(traj["coords"], ax=fig.axes[0], epochs=traj["epochs"],
+                 explained_variance=traj["explained_variance_ratio"])
+    out["surfaces_trajectory"] = fig
 
-    lines = runs["lines"].arrays()
-    series = {f"{w.upper()} {s}": lines[f"{w}_{s}_loss"] for w in ("sb", "lb") for s in ("train", "test")}
-    styles = {"SB train": "b-", "SB test": "b--", "LB train": "r-", "LB test": "r--"}
-    fig = P.curves(lines["t"], series, log=True, styles=styles, title="Filter-normalised 1-D slices")
-    paths += P.save(fig, os.path.join(fig_dir, "surfaces_lines"))
-
-    traj = runs["trajectory"].arrays()
-    fig = P.contour(
-        traj["x"], traj["y"], traj["train_loss"], label="train loss", title="LB trajectory on its PCA plane"
-    )
-    P.trajectory(
-        traj["coords"], ax=fig.axes[0], epochs=traj["epochs"], explained_variance=traj["explained_variance_ratio"]
-    )
-    paths += P.save(fig, os.path.join(fig_dir, "surfaces_trajectory"))
-
-    rs, pl = runs["plane-resnet"].arrays(), runs["plane-plain"].arrays()
-    both = np.concatenate([rs["train_loss"].ravel(), pl["train_loss"].ravel()])
-    vmin, vmax = float(both[both > 0].min()), float(min(both.max(), 10.0))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    rs, pl = rows["plane-resnet"].arrays, rows["plane-plain"].arrays
+    vmin, vmax = _loss_range(rs["train_loss"], pl["train_loss"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     for ax, arr, title in zip(axes, (rs, pl), ("ResNet (skip connections)", "plain twin (no skips)")):
         P.contour(arr["x"], arr["y"], arr["train_loss"], ax=ax, vmin=vmin, vmax=vmax, label="train loss", title=title)
-    paths += P.save(fig, os.path.join(fig_dir, "surfaces_resnet_plain"))
-    return paths
+    out["surfaces_resnet_plain"] = fig
+    return out
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> list[str]:
     """``python -m experiments.surfaces [--quick] [--out DIR] [--<field> <value> ...]``."""
     config, out = parse_config(Config, argv, description=__doc__, quick=quick)
-    result = run(config, out)
-    for name, metrics in result["runs"].items():
-        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-        print(f"{name:16s} {shown}")
-    print("figures:", *result["figures"][::2], sep="\n  ")
-    return result
+    rows = run(config, out)
+    return common.finish(out, EXPERIMENT, {FIGURE: figure(rows), **extra_figures(rows)}, verdict(rows))
 
 
 if __name__ == "__main__":
