@@ -812,6 +812,31 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), labels
 
 
+def _npz_task(file, arrays, task, num_classes):
+    """The task of an npz dataset (given, or inferred from y's dtype) and the cast for its targets."""
+    y_kind = arrays["y"].dtype.kind
+    if task is None:
+        if y_kind in "iu":
+            task = "classification"
+        elif y_kind == "f":
+            task = "regression"
+        else:
+            raise ValueError(f"{file}: y has dtype {arrays['y'].dtype}; expected integer labels or float targets")
+    if task == "classification":
+        for key in ("y", "y_val", "y_test"):
+            if key in arrays and arrays[key].dtype.kind not in "iu":
+                raise ValueError(f"{file}: {key} has dtype {arrays[key].dtype}; expected integer class labels")
+        cast_y = _cast_labels
+    elif task == "regression":
+        cast_y = _cast_targets
+    else:
+        raise ValueError(f"task={task!r}; expected one of {TASKS} or None (inferred from y)")
+    if num_classes is not None and task == "regression":
+        raise ValueError(f"num_classes={num_classes!r} given for a regression dataset; expected None")
+
+    return task, cast_y
+
+
 def _load_npz(
     *,
     seed: int,
@@ -847,26 +872,7 @@ def _load_npz(
         if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
             raise ValueError(f"{file}: has only one of x_{split}, y_{split}; expected both or neither")
 
-    y_kind = arrays["y"].dtype.kind
-    if task is None:
-        if y_kind in "iu":
-            task = "classification"
-        elif y_kind == "f":
-            task = "regression"
-        else:
-            raise ValueError(f"{file}: y has dtype {arrays['y'].dtype}; expected integer labels or float targets")
-    if task == "classification":
-        for key in ("y", "y_val", "y_test"):
-            if key in arrays and arrays[key].dtype.kind not in "iu":
-                raise ValueError(f"{file}: {key} has dtype {arrays[key].dtype}; expected integer class labels")
-        cast_y = _cast_labels
-    elif task == "regression":
-        cast_y = _cast_targets
-    else:
-        raise ValueError(f"task={task!r}; expected one of {TASKS} or None (inferred from y)")
-    if num_classes is not None and task == "regression":
-        raise ValueError(f"num_classes={num_classes!r} given for a regression dataset; expected None")
-
+    task, cast_y = _npz_task(file, arrays, task, num_classes)
     x = arrays["x"].astype(np.float32)
     y = cast_y(arrays["y"])
     rng = np.random.default_rng(seed)

@@ -56,6 +56,48 @@ class KFACState(NamedTuple):
     velocity: Any
 
 
+def _check_options(damping, ema_decay, inverse_every, estimator, num_samples, momentum) -> None:
+    if not damping > 0:
+        raise ValueError(f"damping must be > 0, got {damping}")
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    if inverse_every < 1:
+        raise ValueError(f"inverse_every must be >= 1, got {inverse_every}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown K-FAC estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+
+
+def _dims(params):
+    """Per kernel: (A size, G size, dtype)."""
+    dims = []
+    for path in kernel_paths(params):
+        node = get_path(params, path)
+        shape = node["kernel"].shape
+        dims.append((math.prod(shape[:-1]) + int("bias" in node), shape[-1], node["kernel"].dtype))
+    return dims
+
+def _init(params):
+    """The zero :class:`KFACState` for ``params``."""
+    dims = _dims(params)
+    zeros_a = tuple(jnp.zeros((da, da), dt) for da, _, dt in dims)
+    zeros_g = tuple(jnp.zeros((dg, dg), dt) for _, dg, dt in dims)
+    covered = set()
+    for path in kernel_paths(params):
+        covered |= {path + (name,) for name in get_path(params, path)}
+    diag = tuple(
+        jnp.zeros_like(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if key_tuple(path) not in covered
+    )
+    return KFACState(
+        jnp.zeros((), jnp.int32), zeros_a, zeros_g, diag, zeros_a, zeros_g, jax.tree.map(jnp.zeros_like, params)
+    )
+
+
 def kfac(
     learning_rate,
     *,
@@ -93,43 +135,8 @@ def kfac(
       A transformation whose ``update`` needs ``params``, ``objective``, ``batch`` and ``key``.
       Cost per step: about two gradients, plus inverting every factor every T steps.
     """
-    if not damping > 0:
-        raise ValueError(f"damping must be > 0, got {damping}")
-    if not 0 <= ema_decay < 1:
-        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-    if inverse_every < 1:
-        raise ValueError(f"inverse_every must be >= 1, got {inverse_every}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown K-FAC estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    _check_options(damping, ema_decay, inverse_every, estimator, num_samples, momentum)
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
-
-    def _dims(params):
-        dims = []
-        for path in kernel_paths(params):
-            node = get_path(params, path)
-            shape = node["kernel"].shape
-            dims.append((math.prod(shape[:-1]) + int("bias" in node), shape[-1], node["kernel"].dtype))
-        return dims
-
-    def init(params):
-        dims = _dims(params)
-        zeros_a = tuple(jnp.zeros((da, da), dt) for da, _, dt in dims)
-        zeros_g = tuple(jnp.zeros((dg, dg), dt) for _, dg, dt in dims)
-        covered = set()
-        for path in kernel_paths(params):
-            covered |= {path + (name,) for name in get_path(params, path)}
-        diag = tuple(
-            jnp.zeros_like(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-            if key_tuple(path) not in covered
-        )
-        return KFACState(
-            jnp.zeros((), jnp.int32), zeros_a, zeros_g, diag, zeros_a, zeros_g, jax.tree.map(jnp.zeros_like, params)
-        )
 
     def update(updates, state, params=None, *, objective=None, batch=None, key=None, **_extra):
         for nm, val in (("params", params), ("objective", objective), ("batch", batch), ("key", key)):
@@ -166,7 +173,7 @@ def kfac(
         step = jax.tree.map(lambda v: (-lr * v).astype(v.dtype), velocity)
         return step, KFACState(k, a, g, diag, inv_a, inv_g, velocity)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(_init, update)
 
 
 __all__ = [

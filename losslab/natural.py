@@ -136,6 +136,52 @@ class NGDState(NamedTuple):
     num_matvecs: Array
 
 
+def _ngd_init(params, damping) -> NGDState:
+    """The starting :class:`NGDState`: zero buffers, the initial damping."""
+    flat, _ = ravel_pytree(params)
+    z = jnp.zeros_like(flat)
+    return NGDState(
+        count=jnp.zeros((), jnp.int32),
+        damping=jnp.asarray(damping, flat.dtype),
+        velocity=z,
+        solution=z,
+        cg_steps=jnp.zeros((), jnp.int32),
+        cg_residual=jnp.zeros((), flat.dtype),
+        rho=jnp.full((), jnp.nan, flat.dtype),
+        num_matvecs=jnp.zeros((), jnp.int32),
+    )
+
+
+def _levenberg_marquardt(objective, params, batch, op, g, step, lam, lm_options):
+    """Martens (2010) damping rule: the reduction ratio ρ of the step and the adapted λ (one matvec)."""
+    decrease, increase, lo, hi = lm_options
+    model_change = jnp.vdot(g, step) + 0.5 * jnp.vdot(step, op.matvec(step))
+    actual = objective.loss(op.unravel(op.ravel(params) + step), batch) - objective.loss(params, batch)
+    rho = jnp.where(model_change < 0, actual / jnp.where(model_change < 0, model_change, -1.0), -1.0)
+    lam = jnp.where(rho > LM_HIGH, lam * decrease, jnp.where(rho < LM_LOW, lam * increase, lam))
+    return rho, jnp.clip(lam, lo, hi)
+
+
+def _check_ngd_options(curvature, damping, momentum, warm_start, damping_decrease, damping_increase, min_damping,
+                       max_damping, max_cg_steps) -> None:
+    if curvature not in CURVATURES:
+        raise ValueError(f"unknown curvature {curvature!r}; valid: {', '.join(CURVATURES)}")
+    if not damping > 0:
+        raise ValueError(f"damping must be > 0, got {damping}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if not 0 <= warm_start <= 1:
+        raise ValueError(f"warm_start must be in [0, 1], got {warm_start}")
+    if not (0 < damping_decrease < 1 < damping_increase):
+        raise ValueError(
+            f"need 0 < damping_decrease < 1 < damping_increase, got {damping_decrease}, {damping_increase}"
+        )
+    if not 0 < min_damping <= max_damping:
+        raise ValueError(f"need 0 < min_damping <= max_damping, got {min_damping}, {max_damping}")
+    if max_cg_steps < 1:
+        raise ValueError(f"max_cg_steps must be >= 1, got {max_cg_steps}")
+
+
 def natural_gradient(
     learning_rate,
     *,
@@ -184,38 +230,14 @@ def natural_gradient(
     Raises:
       ValueError: bad option values (eagerly); missing ``objective``/``batch``/``params`` in update.
     """
-    if curvature not in CURVATURES:
-        raise ValueError(f"unknown curvature {curvature!r}; valid: {', '.join(CURVATURES)}")
-    if not damping > 0:
-        raise ValueError(f"damping must be > 0, got {damping}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if not 0 <= warm_start <= 1:
-        raise ValueError(f"warm_start must be in [0, 1], got {warm_start}")
-    if not (0 < damping_decrease < 1 < damping_increase):
-        raise ValueError(
-            f"need 0 < damping_decrease < 1 < damping_increase, got {damping_decrease}, {damping_increase}"
-        )
-    if not 0 < min_damping <= max_damping:
-        raise ValueError(f"need 0 < min_damping <= max_damping, got {min_damping}, {max_damping}")
-    if max_cg_steps < 1:
-        raise ValueError(f"max_cg_steps must be >= 1, got {max_cg_steps}")
+    _check_ngd_options(curvature, damping, momentum, warm_start, damping_decrease, damping_increase, min_damping,
+                       max_damping, max_cg_steps)
     schedule = _as_schedule(learning_rate)
     name = "ngd" if curvature == "fisher" else "ngd_empirical"
+    lm_options = (damping_decrease, damping_increase, min_damping, max_damping)
 
     def init(params):
-        flat, _ = ravel_pytree(params)
-        z = jnp.zeros_like(flat)
-        return NGDState(
-            count=jnp.zeros((), jnp.int32),
-            damping=jnp.asarray(damping, flat.dtype),
-            velocity=z,
-            solution=z,
-            cg_steps=jnp.zeros((), jnp.int32),
-            cg_residual=jnp.zeros((), flat.dtype),
-            rho=jnp.full((), jnp.nan, flat.dtype),
-            num_matvecs=jnp.zeros((), jnp.int32),
-        )
+        return _ngd_init(params, damping)
 
     def update(updates, state, params=None, *, objective=None, batch=None, **_extra):
         _need("params", params, name)
@@ -232,11 +254,7 @@ def natural_gradient(
         matvecs = res.num_matvecs
         rho = state.rho
         if adapt_damping:
-            model_change = jnp.vdot(g, step) + 0.5 * jnp.vdot(step, op.matvec(step))
-            actual = objective.loss(op.unravel(op.ravel(params) + step), batch) - objective.loss(params, batch)
-            rho = jnp.where(model_change < 0, actual / jnp.where(model_change < 0, model_change, -1.0), -1.0)
-            lam = jnp.where(rho > LM_HIGH, lam * damping_decrease, jnp.where(rho < LM_LOW, lam * damping_increase, lam))
-            lam = jnp.clip(lam, min_damping, max_damping)
+            rho, lam = _levenberg_marquardt(objective, params, batch, op, g, step, lam, lm_options)
             matvecs = matvecs + 1
         new_state = NGDState(
             count=state.count + 1,

@@ -201,6 +201,26 @@ def _default_mesh(mesh):
     return jax.sharding.Mesh(np.array(devices), ("points",))
 
 
+def _check_points(origin, directions, coords, batch_norm, points_per_chunk):
+    """Eager checks of :func:`evaluate_points`; returns ``(directions, coords (P, k) float64, points per chunk)``."""
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"unknown batch_norm mode {batch_norm!r}; valid: {list(BATCH_NORM_MODES)}")
+    points_per_chunk = default_points_per_chunk() if points_per_chunk is None else points_per_chunk
+    if points_per_chunk < 1:
+        raise ValueError(f"points_per_chunk must be >= 1, got {points_per_chunk}")
+    directions = tuple(directions)
+    if not directions:
+        raise ValueError("need at least one direction")
+    for d in directions:
+        check_same_structure(origin, d, "evaluate_points(origin, direction)")
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != len(directions):
+        raise ValueError(f"coords must have shape (P, {len(directions)}), got {coords.shape}")
+    if coords.shape[0] == 0:
+        raise ValueError("coords is empty")
+    return directions, coords, points_per_chunk
+
+
 def evaluate_points(
     objective,
     origin: PyTree,
@@ -248,22 +268,8 @@ def evaluate_points(
       ValueError: bad metric or mode names, coordinate shape or directions structure.
     """
     metrics = _check_metrics(objective, metrics)
-    if batch_norm not in BATCH_NORM_MODES:
-        raise ValueError(f"unknown batch_norm mode {batch_norm!r}; valid: {list(BATCH_NORM_MODES)}")
-    points_per_chunk = default_points_per_chunk() if points_per_chunk is None else points_per_chunk
-    if points_per_chunk < 1:
-        raise ValueError(f"points_per_chunk must be >= 1, got {points_per_chunk}")
-    directions = tuple(directions)
-    if not directions:
-        raise ValueError("need at least one direction")
-    for d in directions:
-        check_same_structure(origin, d, "evaluate_points(origin, direction)")
-    coords = np.asarray(coords, dtype=np.float64)
-    if coords.ndim != 2 or coords.shape[1] != len(directions):
-        raise ValueError(f"coords must have shape (P, {len(directions)}), got {coords.shape}")
+    directions, coords, points_per_chunk = _check_points(origin, directions, coords, batch_norm, points_per_chunk)
     num_points = coords.shape[0]
-    if num_points == 0:
-        raise ValueError("coords is empty")
     if batch_norm == "recompute":
         if bn_examples < 1:
             raise ValueError(f"bn_examples must be >= 1, got {bn_examples}")

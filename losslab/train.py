@@ -489,6 +489,21 @@ def _validate(objective, n, batch_size, epochs, probes, probe_every, mesh, eval_
     return batch_size
 
 
+def _compile(objective, optimization, steps, batch_size, epochs, probes, probe_every, mesh, eval_every) -> _Run:
+    """The optimizer, its schedule and the compiled epoch (cached across calls with the same spec)."""
+    optimizer, learning_rate, optimizer_options, schedule, schedule_options = optimization
+    opts, sched_opts = dict(optimizer_options or {}), dict(schedule_options or {})
+    tx, sched = optim.create(
+        optimizer, learning_rate, schedule=schedule, total_steps=steps * epochs, schedule_options=sched_opts, **opts
+    )
+    names = tuple(probes)
+    spec = (optimizer, learning_rate, tuple(sorted(opts.items())), schedule, tuple(sorted(sched_opts.items())), epochs)
+    epoch_fn = _cached_epoch(spec, tx, steps, batch_size, tuple(probes[nm] for nm in names), max(probe_every, 1), mesh)
+    config = {"optimizer": optimizer, "learning_rate": learning_rate, "optimizer_options": opts, "schedule": schedule,
+              "batch_size": batch_size, "epochs": epochs, "loss": str(objective.loss_fn), "data": objective.name}
+    return _Run(config, tx, sched, epoch_fn, names, eval_every)
+
+
 def _start(objective, params, tx, probes, names, key, mesh, resume, snapshot_every, epochs, steps) -> Loop:
     """The loop state at the first epoch: fresh, or continued from ``resume``."""
     params = objective.params if params is None else params
@@ -572,6 +587,19 @@ def _finish(loop: Loop, restore_best: bool) -> TrainResult:
     )
 
 
+def _hooks(loop, snapshot_every, early_stopping, plateau, stop_below, checkpoint, callback, verbose) -> list:
+    """The built-in hooks, in the order the engine calls them."""
+    built_in = [
+        SnapshotHook(snapshot_every) if snapshot_every else None,
+        EarlyStoppingHook(early_stopping, loop.objective, loop.history) if early_stopping is not None else None,
+        PlateauHook(plateau) if plateau is not None else None,
+        StopBelowHook(stop_below) if stop_below is not None else None,
+        checkpoint,
+        CallbackHook(callback, verbose),
+    ]
+    return [h for h in built_in if h is not None]
+
+
 def train(
     objective: Objective,
     params=None,
@@ -650,29 +678,15 @@ def train(
     if schedule == "plateau" and plateau is None:
         plateau = ReduceOnPlateau()
     steps = n // batch_size
-    opts, sched_opts = dict(optimizer_options or {}), dict(schedule_options or {})
-    tx, sched = optim.create(
-        optimizer, learning_rate, schedule=schedule, total_steps=steps * epochs, schedule_options=sched_opts, **opts
-    )
-    names = tuple(probes)
-    spec = (optimizer, learning_rate, tuple(sorted(opts.items())), schedule, tuple(sorted(sched_opts.items())), epochs)
-    epoch_fn = _cached_epoch(spec, tx, steps, batch_size, tuple(probes[nm] for nm in names), max(probe_every, 1), mesh)
-    config = {"optimizer": optimizer, "learning_rate": learning_rate, "optimizer_options": opts, "schedule": schedule,
-              "batch_size": batch_size, "epochs": epochs, "loss": str(objective.loss_fn), "data": objective.name}
-    run = _Run(config, tx, sched, epoch_fn, names, eval_every)
+    optimization = (optimizer, learning_rate, optimizer_options, schedule, schedule_options)
+    run = _compile(objective, optimization, steps, batch_size, epochs, probes, probe_every, mesh, eval_every)
+    tx, names = run.tx, run.names
     loop = _start(objective, params, tx, probes, names, key, mesh, resume, snapshot_every, epochs, steps)
-    built_in = [SnapshotHook(snapshot_every) if snapshot_every else None]
     checkpoint = CheckpointHook(checkpoint_dir, checkpoint_every) if checkpoint_dir is not None else None
     if checkpoint is not None:
         checkpoint.restore(loop)
-    built_in += [
-        EarlyStoppingHook(early_stopping, loop.objective, loop.history) if early_stopping is not None else None,
-        PlateauHook(plateau) if plateau is not None else None,
-        StopBelowHook(stop_below) if stop_below is not None else None,
-        checkpoint,
-        CallbackHook(callback, verbose),
-    ]
-    all_hooks = [h for h in built_in if h is not None] + list(hooks)
+    rules = (snapshot_every, early_stopping, plateau, stop_below, checkpoint, callback, verbose)
+    all_hooks = _hooks(loop, *rules) + list(hooks)
     t0 = time.perf_counter() - (loop.history.wall_time[-1] if loop.history.wall_time else 0.0)
     while loop.epoch < epochs and not loop.stop:
         losses, probe_vals, evals = _run_epoch(loop, run)
