@@ -89,7 +89,7 @@ def test_hessian_density_one_liner_and_plot(obj, exact):
     import matplotlib.pyplot as plt
 
     fig2, ax2 = plt.subplots()
-    assert dens.plot(ax=ax2) is fig2
+    assert plot_density(dens, ax=ax2) is fig2
     plt.close("all")
 
 

@@ -77,7 +77,7 @@ def test_train_result_and_history_reprs():
     params = {"w": np.zeros((3, 4)), "b": np.zeros(4)}
     res = TrainResult(params, {}, h, [(0, params)], objective="obj")
     assert "16 params, 1 snapshots" in one_line(res) and "30 steps" in repr(res)
-    p, state, history, snapshots, objective = res  # still a NamedTuple
+    p, state, history, snapshots, objective, opt_state, key, epoch = res  # still a NamedTuple
     assert history is h and "History" in res._repr_markdown_()
 
 

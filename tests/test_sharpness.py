@@ -154,10 +154,10 @@ def test_pacbayes_flatness_with_loss_metric_is_trace_over_two_d(quad, adaptive):
 
 def test_hessian_trace_and_lambda_max_match_dense(quad):
     obj, params, h, _ = quad
-    tr = MEASURES["hessian_trace"](obj, params, jax.random.key(6), num_probes=8)
+    tr = MEASURES["data_hessian_trace"](obj, params, jax.random.key(6), num_probes=8)
     # Rademacher probes are exact for a diagonal matrix.
     np.testing.assert_allclose(tr.value, np.trace(h), rtol=EXACT_RTOL)
-    lam = MEASURES["hessian_lambda_max"](obj, params, jax.random.key(7))
+    lam = MEASURES["data_hessian_lambda_max"](obj, params, jax.random.key(7))
     np.testing.assert_allclose(lam.value, np.linalg.eigvalsh(h)[-1], rtol=EXACT_RTOL)
 
 
@@ -167,7 +167,7 @@ def test_hessian_trace_on_non_diagonal_hessian_within_error_bar():
     obj = obj.replace(data={"train": (x + 0.5 * x[:, ::-1], y)})
     h = dense_hessian(obj, params)
     assert np.abs(h - np.diag(np.diag(h))).max() > 0.1
-    res = MEASURES["hessian_trace"](obj, params, jax.random.key(8), num_probes=400)
+    res = MEASURES["data_hessian_trace"](obj, params, jax.random.key(8), num_probes=400)
     assert abs(res.value - np.trace(h)) < NUM_SE * res.std_error and res.std_error > 0
 
 
@@ -247,12 +247,12 @@ def test_every_measure_runs_and_repeats_without_recompiling(relu_net):
     key = jax.random.key(10)
     opts = {"distance_from_init": {"init_params": jax.tree.map(jnp.zeros_like, params)},
             "m_sharpness": {"m": 10}, "pacbayes_flatness": {"num_bisections": 4, "num_samples": 4},
-            "pacbayes_flatness_mag": {"num_bisections": 4, "num_samples": 4}, "hessian_trace": {"num_probes": 4}}
+            "pacbayes_flatness_mag": {"num_bisections": 4, "num_samples": 4}, "data_hessian_trace": {"num_probes": 4}}
     first = {name: m(obj, params, key, **opts.get(name, {})) for name, m in MEASURES.items()}
     for name in MEASURES:
         assert np.isfinite(first[name].value), name
     sizes = sharpness._worst_case_kernel._cache_size()
-    for name in ("sharpness_l2", "m_sharpness", "average_sharpness_mag", "hessian_trace", "gap_error"):
+    for name in ("sharpness_l2", "m_sharpness", "average_sharpness_mag", "data_hessian_trace", "gap_error"):
         assert MEASURES[name](obj, params, key, **opts.get(name, {})).value == first[name].value, name
     # A different radius is a traced argument: no new compilation.
     MEASURES["sharpness_l2"](obj, params, key, rho=0.123)

@@ -79,7 +79,7 @@ def test_single_layer_rescale_is_exactly_alpha(mlp):
 
 
 INVARIANCE_OPTIONS = {
-    "hessian_trace": {"num_probes": 4},
+    "data_hessian_trace": {"num_probes": 4},
     "pacbayes_flatness": {"num_samples": 4, "num_bisections": 6},
     "pacbayes_flatness_mag": {"num_samples": 4, "num_bisections": 6},
     "m_sharpness": {"m": 8},
@@ -100,8 +100,8 @@ def test_invariant_measures_do_not_change_and_curvature_does(mlp, sym):
     )
     for name, r in report.items():
         assert r.consistent, (name, r)
-    assert report["hessian_trace"].changed and report["hessian_lambda_max"].changed
-    assert report["hessian_lambda_max"].relative_change > 0.1
+    assert report["data_hessian_trace"].changed and report["data_hessian_lambda_max"].changed
+    assert report["data_hessian_lambda_max"].relative_change > 0.1
     assert report["sharpness_l2"].changed and report["l2_norm"].changed
     declared = {n for n, r in report.items() if r.declared_invariant}
     assert {"adaptive_sharpness_l2", "adaptive_sharpness_linf", "path_norm", "fisher_rao_norm", "gap_error"} <= declared
