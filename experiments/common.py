@@ -68,21 +68,22 @@ class Verdict:
 
 
 def combine(parts: Mapping[str, bool | None]) -> str:
-    """The status of a claim made of parts, each ``True`` (holds), ``False`` (contradicted) or ``None``.
+    """The status of a claim made of parts, each ``True`` (holds), ``False`` (contradicted) or ``None`` (undecided).
 
-    Every part holds: ``"holds"``; every part contradicted: ``"does not hold"``; anything else
-    (a part undecided, or the parts disagree — the claim holds only in part): ``"inconclusive"``.
+    Every part holds: ``"holds"``. Some part contradicted and none holding: ``"does not hold"``.
+    Anything else — parts undecided only, or some holding and some contradicted (the claim holds
+    only in part, which directional rules without a test cannot settle): ``"inconclusive"``.
     """
     values = list(parts.values())
     if values and all(v is True for v in values):
         return "holds"
-    if values and all(v is False for v in values):
+    if any(v is False for v in values) and not any(v is True for v in values):
         return "does not hold"
     return "inconclusive"
 
 
-COMBINE_RULE = ("the claim holds when every part holds, does not hold when every part is contradicted, "
-                "and is inconclusive otherwise (a part undecided, or the parts disagree)")
+COMBINE_RULE = ("the claim holds when every part holds, does not hold when a part is contradicted and none holds, "
+                "and is inconclusive otherwise (parts undecided, or some holding and some contradicted)")
 
 
 def direction(a: float | None, b: float | None) -> bool | None:

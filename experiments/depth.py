@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from experiments.common import Verdict, combine, parse_config, run_sweep
+from experiments.common import COMBINE_RULE, Verdict, combine, parse_config, run_sweep
 from losslab import data
 from losslab.results import RunStore
 
@@ -151,9 +151,8 @@ def verdict(rows) -> Verdict:
                + ".")
     return Verdict(CLAIM, combine(parts), {
         "rule": (f"from the shallowest to the deepest net, a median Jacobian singular value that falls or grows by "
-                 f"more than {TREND_FACTOR:g}× vanishes or explodes; the claim holds when plain nets vanish or "
-                 f"explode and residual nets stay within {TREND_FACTOR:g}×, does not hold when neither, and is "
-                 "inconclusive otherwise"),
+                 f"more than {TREND_FACTOR:g}× vanishes or explodes; (a) plain nets' signals vanish or explode; "
+                 f"(b) residual nets' signals stay within {TREND_FACTOR:g}×; {COMBINE_RULE}"),
         "summary": summary, "parts": parts, "depths": [shallow, deepest],
         "plain_sv_median": list(sv.get(False, ())), "residual_sv_median": list(sv.get(True, ())),
         "grad_first_over_last": {"residual" if k else "plain": v for k, v in grad.items()},

@@ -56,7 +56,7 @@ CLAIM = ("sharp minima can generalize: function-preserving rescalings change Hes
 # Every measure of the registry that is a property of θ alone.
 DEFAULT_MEASURES = tuple(n for n in sharpness.MEASURES if n != "distance_from_init")
 # The smoke run: the curvature measures the claim is about, and the invariant ones that catch a wrong rescaling.
-QUICK_MEASURES = ("hessian_trace", "hessian_lambda_max", "sharpness_l2", "l2_norm", "adaptive_sharpness_l2",
+QUICK_MEASURES = ("data_hessian_trace", "data_hessian_lambda_max", "sharpness_l2", "l2_norm", "adaptive_sharpness_l2",
                   "average_sharpness_mag", "fisher_rao_norm", "path_norm", "spectral_product", "gap_loss")
 # An invariant measure counts as moved beyond this relative change (float32 round-off through a
 # rescaled network, and bisection/ascent paths that can flip on round-off, stay far below it).
@@ -66,7 +66,7 @@ INVARIANT_RTOL = 1e-2
 OUTPUT_RTOL = 1e-4
 # "Arbitrarily": the Hessian trace and λ_max move by at least 10**MOVE_DECADES over the rescalings.
 MOVE_DECADES = 1.0
-CURVATURE = ("hessian_trace", "hessian_lambda_max")
+CURVATURE = ("data_hessian_trace", "data_hessian_lambda_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +103,8 @@ def quick() -> Config:
 def measure_options(cfg: dict) -> dict:
     """Per-measure keyword options of :func:`losslab.symmetry.compare_measures` from a run config."""
     opts = {
-        "hessian_trace": {"num_probes": cfg["num_probes"]},
-        "hessian_lambda_max": {"num_steps": cfg["lanczos_steps"]},
+        "data_hessian_trace": {"num_probes": cfg["num_probes"]},
+        "data_hessian_lambda_max": {"num_steps": cfg["lanczos_steps"]},
         "pacbayes_flatness": {"num_bisections": cfg["pacbayes_bisections"]},
         "pacbayes_flatness_mag": {"num_bisections": cfg["pacbayes_bisections"]},
         "spectral_product": {"log": False},

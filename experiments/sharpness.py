@@ -16,8 +16,9 @@ Commands::
 Outputs under ``<out>/sharpness/``: one folder per run (config hash; finished runs are
 reused, a killed sweep resumes), ``results.csv``/``results.json`` (one row per run),
 ``tau.csv``/``tau.json`` (τ, its 95% bootstrap interval, granulated τ and per-axis ψ),
-``keskar.json``, and the figures ``sharpness_vs_gap`` (paper figure 3; :func:`figure`),
-``scatter``, ``tau`` and ``keskar`` (:func:`extra_figures`), each as PNG and PDF.
+``keskar.json``, and the figures ``sharpness_vs_gap`` (:func:`figure`, which feeds
+``figures/sharpness_vs_gap``, paper figure 3), ``scatter``, ``tau`` and ``keskar``
+(:func:`extra_figures`), each as PNG and PDF.
 
 Verdict: a measure correlates when the 95 % bootstrap interval of its Kendall τ with the
 error gap lies above 0; the claim holds when most measures do (see :func:`verdict`).
@@ -250,15 +251,15 @@ def measure_options(run: dict, init_params) -> dict[str, dict]:
         "m_sharpness": {**ascent, "m": run["m"]},
         "average_sharpness": noise, "average_sharpness_mag": {**noise, "sigma": 10 * run["sigma"]},
         "pacbayes_flatness": pac, "pacbayes_flatness_mag": pac,
-        "hessian_trace": {"num_probes": run["trace_probes"]},
-        "hessian_lambda_max": {"num_steps": run["lanczos_steps"]},
+        "data_hessian_trace": {"num_probes": run["trace_probes"]},
+        "data_hessian_lambda_max": {"num_steps": run["lanczos_steps"]},
         "distance_from_init": {"init_params": init_params},
     }
 
 
 _BATCH_OPTIONS = {"epsilon_sharpness", "sharpness_l2", "sharpness_linf", "adaptive_sharpness_l2",
                   "adaptive_sharpness_linf", "m_sharpness", "average_sharpness", "average_sharpness_mag",
-                  "pacbayes_flatness", "pacbayes_flatness_mag", "hessian_trace", "hessian_lambda_max",
+                  "pacbayes_flatness", "pacbayes_flatness_mag", "data_hessian_trace", "data_hessian_lambda_max",
                   "fisher_rao_norm"}
 
 
@@ -355,8 +356,8 @@ def keskar(rows: Sequence[dict], config: Config) -> list[dict]:
             continue
         small, large = min(sub, key=lambda r: r["batch_size"]), max(sub, key=lambda r: r["batch_size"])
         entry = {"model": model, "small_batch": small["batch_size"], "large_batch": large["batch_size"]}
-        for k in ("test_error", "train_error", "gap_error", "epsilon_sharpness", "hessian_lambda_max",
-                  "hessian_trace", "sharpness_l2", "adaptive_sharpness_l2", "stop_epoch", "reached_target"):
+        for k in ("test_error", "train_error", "gap_error", "epsilon_sharpness", "data_hessian_lambda_max",
+                  "data_hessian_trace", "sharpness_l2", "adaptive_sharpness_l2", "stop_epoch", "reached_target"):
             if k in small:
                 entry[f"small/{k}"], entry[f"large/{k}"] = small[k], large[k]
         if "epsilon_sharpness" in small:
@@ -444,7 +445,7 @@ def verdict(rows) -> Verdict:
     by = {r["measure"]: r for r in table}
     shown = [r["measure"] for r in ranked[:3]]
     parts = [f"{r['measure']} τ = {r['tau']:+.2f} [{r['tau_low']:+.2f}, {r['tau_high']:+.2f}]" for r in ranked[:3]]
-    for m in ("hessian_trace", "hessian_lambda_max"):
+    for m in ("data_hessian_trace", "data_hessian_lambda_max"):
         if m in by and m not in shown:
             parts.append(f"{m} τ = {by[m]['tau']:+.2f}")
     summary = (f"over {rows['num_runs']} runs, {len(positive)} of {len(table)} measures correlate positively with "
@@ -475,7 +476,7 @@ def figure(rows, ax=None):
     ranked = sorted(table, key=lambda r: -r["tau"])
     by = {r["measure"] for r in table}
     shown = [r["measure"] for r in ranked[:2]]
-    for m in ("hessian_trace", "hessian_lambda_max"):
+    for m in ("data_hessian_trace", "data_hessian_lambda_max"):
         if m in by and m not in shown and len(shown) < 3:
             shown.append(m)
     fig, host = common.panels(ax, (16, 5))

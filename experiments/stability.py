@@ -233,7 +233,7 @@ def verdict(rows) -> Verdict:
         "rule": (f"a run is at the edge when its second-half median λ_max is at least {EDGE_FRACTION:g} × 2/η; "
                  "the claim holds when every run that did not diverge is at the edge and started below it, does "
                  "not hold when none is at the edge, and is inconclusive otherwise"),
-        "summary": _reading(per_lr),
+        "summary": _reading(per_lr) + ".",
         "edge_fraction": EDGE_FRACTION,
         "per_lr": [{k: e.get(k) for k in ("learning_rate", "threshold", "diverged", "late_median_over_threshold",
                                            "first_lambda_max", "max_lambda_max", "edge_step", "at_edge")}

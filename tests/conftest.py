@@ -35,3 +35,13 @@ def _release_compiled_programs():
     import jax
 
     jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Closes the matplotlib figures a test drew (study figures are returned, not saved, in most tests)."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

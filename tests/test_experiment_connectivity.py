@@ -1,11 +1,10 @@
 """The mode-connectivity study (paper figure 11): barrier helpers, and the quick run end to end."""
 
-import os
-
 import numpy as np
 import pytest
 
 from experiments import connectivity
+from experiments.common import STATUSES
 
 # Both paths start and end exactly at the stored endpoints; float32 evaluation of the same
 # params in a differently shaped program may differ in the last bits only.
@@ -38,12 +37,12 @@ def _heights(train_loss, test_loss, test_error):
             "test_error": {"height": test_error}, "train_error": {"height": 0.0}}
 
 
-def test_verdict_follows_the_data_either_way():
-    lower = connectivity.verdict(_heights(4.4, 2.9, 0.37), _heights(0.03, 0.9, 0.0045))
+def test_barrier_reading_follows_the_data_either_way():
+    lower = connectivity.barrier_reading(_heights(4.4, 2.9, 0.37), _heights(0.03, 0.9, 0.0045))
     assert lower.startswith("the Bezier path lowers the train loss barrier from 4.4 to 0.03")
     assert "test error barrier from 37 pp to 0.45 pp" in lower
     assert "connected by a low-loss curve" in lower
-    higher = connectivity.verdict(_heights(0.1, 0.1, 0.01), _heights(0.2, 0.3, 0.02))
+    higher = connectivity.barrier_reading(_heights(0.1, 0.1, 0.01), _heights(0.2, 0.3, 0.02))
     assert "does not lower the train loss barrier (0.1 linear vs 0.2 Bezier)" in higher
     assert "connected" not in higher
 
@@ -56,11 +55,10 @@ def test_configs_need_two_different_seeds():
 
 @pytest.mark.slow
 def test_quick_connectivity_paths_start_and_end_at_the_minima(quick_results):
-    config = connectivity.quick_config()
-    result = connectivity.run(config, str(quick_results))
-    runs = result["runs"]
+    config = connectivity.quick()
+    runs = connectivity.run(config, str(quick_results))
     ends = [r.metrics for r in runs["endpoints"]]
-    arrays = runs["paths"].arrays()
+    arrays = runs["paths"].arrays
     for path in ("linear", "bezier"):
         for split in ("train", "test"):
             values = arrays[f"{path}_{split}_loss"]
@@ -72,10 +70,11 @@ def test_quick_connectivity_paths_start_and_end_at_the_minima(quick_results):
     assert m["bezier"]["train_loss"]["height"] <= m["linear"]["train_loss"]["height"] + BARRIER_SLACK
     assert arrays["bezier_train_losses"].shape == (config.bezier_steps,)
     # The plane holds the three points: θ_A at the origin, θ_B on the first axis.
-    coords = runs["plane"].arrays()["coords"]
+    coords = runs["plane"].arrays["coords"]
     assert coords[0] == pytest.approx([0.0, 0.0]) and coords[1][1] == pytest.approx(0.0, abs=1e-6)
     assert coords[1][0] == pytest.approx(m["distance"], rel=1e-4)
-    summary = result["summary"]
-    assert [b["path"] for b in summary["barriers"]] == ["linear", "bezier"]
-    assert summary["verdict"].startswith("the Bezier path")
-    assert all(os.path.getsize(p) > 1000 for p in result["figures"])
+    v = connectivity.verdict(runs)
+    assert v.status in STATUSES and set(v.evidence["barriers"]) == {"linear", "bezier"}
+    assert v.evidence["summary"].startswith("the Bezier path")
+    fig = connectivity.figure(runs)
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 4  # two path panels, two plane panels

@@ -1,13 +1,12 @@
 """The loss-zoo study (paper figure 7): helpers on known answers, and the quick run end to end."""
 
 import math
-import os
 
 import numpy as np
 import pytest
 
 from experiments import loss_zoo
-from losslab.results import Run
+from experiments.common import STATUSES, Row
 
 # The piecewise-linear slices below are exact on their grid, up to float rounding.
 EXACT = 1e-12
@@ -60,7 +59,7 @@ def test_accuracy_std_error_is_binomial():
 
 
 def _run(config, metrics):
-    return Run(path="/nonexistent", config=config, metrics=metrics, provenance={})
+    return Row(config, metrics)
 
 
 def _cls_row(loss, acc, lam, flat, trace=10.0, loss_value=0.5):
@@ -69,22 +68,22 @@ def _cls_row(loss, acc, lam, flat, trace=10.0, loss_value=0.5):
             "pacbayes_flatness": flat, "pacbayes_sigma": flat**-0.5, "slice_width": 0.4, "epochs": 10}
 
 
-def test_classification_verdict_follows_the_data_either_way():
+def test_classification_reading_follows_the_data_either_way():
     flatter_wins = [_cls_row("cross_entropy", 0.60, 10.0, 20.0), _cls_row("focal", 0.55, 5.0, 30.0),
                     _cls_row("mse", 0.50, 1.0, 40.0)]
-    text = loss_zoo.classification_verdict(flatter_wins)
+    text = loss_zoo.classification_reading(flatter_wins)
     assert "flatter minima test better" in text and "τ(sharpness, accuracy) = -1.00" in text
     assert "from 50.0 % (MSE) to 60.0 % (cross-entropy) (binomial s.e. 1.6 pp)" in text
     assert "factor 10" in text and "MSE lowest" in text
     sharper_wins = [dict(r, pacbayes_flatness=60.0 - r["pacbayes_flatness"]) for r in flatter_wins]
-    assert "sharper minima test better" in loss_zoo.classification_verdict(sharper_wins)
+    assert "sharper minima test better" in loss_zoo.classification_reading(sharper_wins)
     mixed = [dict(r, pacbayes_flatness=f) for r, f in zip(flatter_wins, (30.0, 20.0, 40.0))]
-    assert "no consistent link" in loss_zoo.classification_verdict(mixed)
+    assert "no consistent link" in loss_zoo.classification_reading(mixed)
     # Differences within two binomial standard errors (1.6 pp on 1000 examples) are not ranked.
     close = [dict(r, test_accuracy=0.5 + 0.01 * i) for i, r in enumerate(flatter_wins)]
-    assert "similar test accuracy (50.0–52.0 %" in loss_zoo.classification_verdict(close)
+    assert "similar test accuracy (50.0–52.0 %" in loss_zoo.classification_reading(close)
     ties = [dict(r, pacbayes_flatness=5.0) for r in flatter_wins]
-    assert "equally sharp" in loss_zoo.classification_verdict(ties)
+    assert "equally sharp" in loss_zoo.classification_reading(ties)
 
 
 def _reg_metrics(mse, trace, ggn, lam_max, lam_min):
@@ -105,14 +104,14 @@ def test_regression_table_averages_over_seeds():
     assert row["hessian_trace"] == pytest.approx(10.5)
 
 
-def test_regression_verdict_names_the_robust_loss_and_the_flat_hessian():
+def test_regression_reading_names_the_robust_loss_and_the_flat_hessian():
     rows = []
     for loss, mses, trace, ggn, lam in (("mse", (0.03, 0.16), 80.0, 80.0, 28.0), ("mae", (0.03, 0.04), 0.5, 0.0, 1.0),
                                         ("huber", (0.03, 0.05), 40.0, 40.0, 14.0)):
         for frac, mse in zip((0.0, 0.2), mses):
             rows.append({"loss": loss, "fraction": frac, "num_seeds": 1,
                          **_reg_metrics(mse, trace, ggn, lam, -lam if loss == "mae" else -0.05)})
-    text = loss_zoo.regression_verdict(rows)
+    text = loss_zoo.regression_reading(rows)
     assert text.startswith("(b) with 20 % outliers MAE keeps the clean fit best")
     assert "MSE 0.03→0.16 (×5.33)" in text
     assert "MAE: Gauss–Newton trace exactly 0, Hessian trace ≈ 0" in text and "λ_min ≈ −λ_max" in text
@@ -120,11 +119,11 @@ def test_regression_verdict_names_the_robust_loss_and_the_flat_hessian():
     assert "MSE:" not in text and "Huber:" not in text  # their curvature is not zero
     # The other way round: MSE stays best when the outliers do not hurt it.
     flipped = [dict(r, clean_test_mse=0.01) if r["loss"] == "mse" else r for r in rows]
-    assert loss_zoo.regression_verdict(flipped).startswith("(b) with 20 % outliers MSE keeps the clean fit best")
+    assert loss_zoo.regression_reading(flipped).startswith("(b) with 20 % outliers MSE keeps the clean fit best")
 
 
 def test_quick_config_is_small_and_unknown_losses_are_rejected():
-    cls, reg = loss_zoo._configs(loss_zoo.quick_config())
+    cls, reg = loss_zoo._configs(loss_zoo.quick())
     assert len({c["name"] for c in cls + reg}) == len(cls) + len(reg)
     with pytest.raises(ValueError, match="valid"):
         loss_zoo._configs(loss_zoo.Config(losses=("cross_entropy", "not_a_loss")))
@@ -136,17 +135,16 @@ def test_quick_config_is_small_and_unknown_losses_are_rejected():
 
 @pytest.mark.slow
 def test_quick_loss_zoo_runs_every_cell(quick_results):
-    config = loss_zoo.quick_config()
-    result = loss_zoo.run(config, str(quick_results))
-    summary = result["summary"]
-    cls = {r["loss"]: r for r in summary["classification"]}
+    config = loss_zoo.quick()
+    rows = loss_zoo.run(config, str(quick_results))
+    cls = {r["loss"]: r for r in loss_zoo.classification_table(rows)}
     assert set(cls) == set(config.losses)
     for row in cls.values():
         for key in ("test_accuracy", "train_loss", "hessian_trace", "hessian_trace_se", "lambda_max",
                     "lambda_max_over_loss", "pacbayes_flatness", "slice_width"):
             assert math.isfinite(row[key]), (row["loss"], key, row[key])
         assert 0 <= row["test_accuracy"] <= 1 and 0 < row["slice_width"] <= config.line_span
-    reg = {(r["loss"], r["fraction"]): r for r in summary["regression"]}
+    reg = {(r["loss"], r["fraction"]): r for r in loss_zoo.regression_table(rows)}
     assert set(reg) == {(loss, f) for loss in config.reg_losses for f in config.outlier_fractions}
     for row in reg.values():
         assert row["num_seeds"] == len(config.reg_seeds)
@@ -156,9 +154,12 @@ def test_quick_loss_zoo_runs_every_cell(quick_results):
     # MAE has no output-space curvature: its Gauss–Newton matrix is exactly zero.
     assert all(r["ggn_trace"] == 0.0 for (loss, _), r in reg.items() if loss == "mae")
     # Stored slices have one row per direction.
-    for run in result["runs"]:
-        if run.config["part"] == "classification":
-            arrays = run.arrays()
-            assert arrays["test_error"].shape == (config.num_directions, config.line_points)
-    assert summary["verdict"].startswith("(a)") and "(b)" in summary["verdict"]
-    assert all(os.path.getsize(p) > 1000 for p in result["figures"])
+    for row in rows:
+        if row.config["part"] == "classification":
+            assert row.arrays["test_error"].shape == (config.num_directions, config.line_points)
+    v = loss_zoo.verdict(rows)
+    assert v.status in STATUSES and v.evidence["summary"].startswith("(a)") and "(b)" in v.evidence["summary"]
+    # The quick run has no MSE regression to compare the robust loss with: (b) is undecided.
+    assert v.evidence["parts"]["robust_loss_keeps_the_fit"] is None
+    fig = loss_zoo.figure(rows)
+    assert len(fig.axes) >= len(config.losses) + 5 + 3

@@ -1,7 +1,5 @@
 """The reparametrization study: the function is preserved, curvature moves, invariant measures do not."""
 
-import os
-
 import pytest
 
 from experiments import reparam
@@ -23,27 +21,31 @@ def _row(kind, x, ratios, invariant, diff=1e-6):
 
 
 def test_summary_and_verdict_read_the_ratios():
-    inv = {"hessian_trace": False, "path_norm": True}
-    rows = [_row("layer", 1.0, {"hessian_trace": 1.0, "path_norm": 1.0}, inv, diff=0.0),
-            _row("layer", 10.0, {"hessian_trace": 100.0, "path_norm": 1.0 + 1e-6}, inv),
-            _row("node", 1.0, {"hessian_trace": 0.1, "path_norm": 1.0}, inv)]
+    # The rescalings of reparam.run's rows, as (config, metrics) pairs.
+    inv = {"data_hessian_trace": False, "path_norm": True}
+    rows = [_row("layer", 1.0, {"data_hessian_trace": 1.0, "path_norm": 1.0}, inv, diff=0.0),
+            _row("layer", 10.0, {"data_hessian_trace": 100.0, "path_norm": 1.0 + 1e-6}, inv),
+            _row("node", 1.0, {"data_hessian_trace": 0.1, "path_norm": 1.0}, inv)]
     s = reparam.summarize(rows)
     per = {e["measure"]: e for e in s["per_measure"]}
-    assert per["hessian_trace"]["layer_max_abs_log10_ratio"] == pytest.approx(2.0)
-    assert per["hessian_trace"]["node_max_abs_log10_ratio"] == pytest.approx(1.0)
+    assert per["data_hessian_trace"]["layer_max_abs_log10_ratio"] == pytest.approx(2.0)
+    assert per["data_hessian_trace"]["node_max_abs_log10_ratio"] == pytest.approx(1.0)
     assert per["path_norm"]["layer_invariant"] and per["path_norm"]["layer_consistent"]
     assert s["output_max_abs_diff"] == pytest.approx(1e-6)
-    assert "EXCEPT" not in s["verdict"] and "hessian_trace ×10^2 (layer-wise)" in s["verdict"]
-    # A declared invariance that fails is named in the verdict.
-    bad = rows + [_row("layer", 5.0, {"hessian_trace": 20.0, "path_norm": 5.0}, inv)]
-    assert "EXCEPT path_norm (layer-wise" in reparam.summarize(bad)["verdict"]
+    text = reparam.verdict({"model": {}, "rescalings": rows}).evidence["summary"]
+    assert "EXCEPT" not in text and "data_hessian_trace ×10^2 (layer-wise)" in text
+    # A declared invariance that fails is named in the verdict, and contradicts the claim.
+    bad = rows + [_row("layer", 5.0, {"data_hessian_trace": 20.0, "path_norm": 5.0}, inv)]
+    v = reparam.verdict({"model": {}, "rescalings": bad})
+    assert "EXCEPT path_norm (layer-wise" in v.evidence["summary"]
+    assert v.evidence["parts"]["invariant_measures_unmoved"] is False
 
 
 @pytest.mark.slow
 def test_quick_reparam_study_preserves_the_function_and_moves_curvature(quick_results):
-    config = reparam.quick_config()
+    config = reparam.quick()
     result = reparam.run(config, str(quick_results))
-    rows = result["rows"]
+    rows = result["rescalings"]
     assert {(c["kind"], c.get("alpha", c.get("log_std"))) for c, _ in rows} == {
         ("layer", a) for a in config.alphas} | {("node", s) for s in config.node_log_stds}
     for cfg, m in rows:
@@ -54,13 +56,16 @@ def test_quick_reparam_study_preserves_the_function_and_moves_curvature(quick_re
         if cfg["kind"] == "layer" and cfg["alpha"] == 1.0:
             assert all(r["ratio"] == pytest.approx(1.0, rel=1e-6) for r in m["measures"].values())
     ten = next(m for c, m in rows if c["kind"] == "layer" and c["alpha"] == 10.0)
-    assert ten["measures"]["hessian_trace"]["ratio"] > 2
-    assert ten["measures"]["hessian_lambda_max"]["ratio"] > 2
+    assert ten["measures"]["data_hessian_trace"]["ratio"] > 2
+    assert ten["measures"]["data_hessian_lambda_max"]["ratio"] > 2
     # The product of spectral norms is invariant layer-wise only.
     assert ten["measures"]["spectral_product"]["declared_invariant"]
     node = next(m for c, m in rows if c["kind"] == "node")
     assert not node["measures"]["spectral_product"]["declared_invariant"]
-    per = {e["measure"]: e for e in result["summary"]["per_measure"]}
-    assert per["hessian_trace"]["layer_max_abs_log10_ratio"] > 0.3
-    assert result["summary"]["verdict"].startswith("outputs change by at most")
-    assert all(os.path.getsize(p) > 1000 for p in result["figures"])
+    per = {e["measure"]: e for e in reparam.summarize(rows)["per_measure"]}
+    assert per["data_hessian_trace"]["layer_max_abs_log10_ratio"] > 0.3
+    v = reparam.verdict(result)
+    assert v.evidence["function_preserved"] and v.evidence["parts"]["invariant_measures_unmoved"] is True
+    assert v.evidence["summary"].startswith("outputs change by at most")
+    fig = reparam.figure(result)
+    assert [ax.get_yscale() for ax in fig.axes] == ["log"] * 3

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import sharpness as exp
+from experiments.common import STATUSES, parse_config
 from losslab.results import RunStore
 from losslab.sharpness import MEASURES
 
@@ -24,18 +25,24 @@ def test_star_and_grid_designs_have_the_expected_runs():
     assert (base["batch_size"], base["learning_rate"], base["loss"]) == (64, 0.03, "cross_entropy")
 
 
+def _flags(argv):
+    return parse_config(exp.Config, argv, quick=exp.quick, full=exp.full)
+
+
 def test_flags_override_any_field():
-    cfg, out, progress = exp.config_from_args(
-        ["--quick", "--epoch_cap", "7", "--seeds", "0,1,2", "--losses", "mse,focal", "--rho", "0.1", "--out", "x",
-         "--no-progress"]
-    )
+    cfg, out = _flags(["--quick", "--epoch_cap", "7", "--seeds", "0,1,2", "--losses", "mse,focal", "--rho", "0.1",
+                       "--out", "x"])
     assert cfg.epoch_cap == 7 and cfg.seeds == (0, 1, 2) and cfg.losses == ("mse", "focal") and cfg.rho == 0.1
-    assert cfg.models == exp.quick().models and out == "x" and progress is False
-    assert exp.config_from_args(["--full"])[0].design == "grid"
+    assert cfg.models == exp.quick().models and out == "x"
+    assert _flags(["--full"])[0].design == "grid"
     with pytest.raises(SystemExit):
-        exp.config_from_args(["--no_such_field", "1"])
+        _flags(["--no_such_field", "1"])
     with pytest.raises(SystemExit):
-        exp.config_from_args(["--epoch_cap", "many"])
+        _flags(["--epoch_cap", "many"])
+    # No prefix matching: --epoch is not --epoch_cap, --seed is not --seeds.
+    for flag in ("--epoch", "--seed"):
+        with pytest.raises(SystemExit):
+            _flags([flag, "3"])
 
 
 @pytest.mark.parametrize(
@@ -51,7 +58,7 @@ def test_flags_override_any_field():
 )
 def test_bad_configs_fail_before_running(tmp_path, change, match):
     with pytest.raises(ValueError, match=match):
-        exp.run(dataclasses.replace(exp.quick(), **change), str(tmp_path), progress=False)
+        exp.run(dataclasses.replace(exp.quick(), **change), str(tmp_path))
 
 
 def _fake_metrics(run, ds):
@@ -80,7 +87,7 @@ def test_killed_sweep_resumes_without_losing_or_recomputing_runs(tmp_path, monke
 
     monkeypatch.setattr(exp, "train_and_measure", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        exp.run(cfg, str(tmp_path), progress=False)
+        exp.run(cfg, str(tmp_path))
     store = RunStore(str(tmp_path), exp.EXPERIMENT)
     finished = store.load_all()
     assert len(finished) == 2
@@ -89,7 +96,7 @@ def test_killed_sweep_resumes_without_losing_or_recomputing_runs(tmp_path, monke
 
     calls.clear()
     monkeypatch.setattr(exp, "train_and_measure", lambda run, ds: calls.append(run) or _fake_metrics(run, ds))
-    summary = exp.run(cfg, str(tmp_path), progress=False)
+    summary = exp.run(cfg, str(tmp_path))
     assert len(calls) == total - 2
     assert {store.run_id(r) for r in calls}.isdisjoint(stamps)
     assert summary["num_runs"] == total
@@ -99,18 +106,21 @@ def test_killed_sweep_resumes_without_losing_or_recomputing_runs(tmp_path, monke
             assert r.metrics == before[r.run_id]
 
     calls.clear()
-    exp.run(cfg, str(tmp_path), progress=False)
+    exp.run(cfg, str(tmp_path))
     assert calls == []  # a finished sweep recomputes nothing
 
 
 @pytest.mark.slow
 def test_quick_run_end_to_end(quick_results):
     cfg = exp.quick()
-    summary = exp.run(cfg, str(quick_results), progress=False)
+    summary = exp.run(cfg, str(quick_results))
     folder = summary["folder"]
-    for name in ("results.csv", "results.json", "tau.csv", "tau.json", "keskar.json", "scatter.png", "tau.png",
-                 "keskar.png"):
+    for name in ("results.csv", "results.json", "tau.csv", "tau.json", "keskar.json"):
         assert os.path.getsize(os.path.join(folder, name)) > 0, name
+    assert set(exp.extra_figures(summary)) == {"scatter", "tau", "keskar"}
+    assert len(exp.figure(summary).axes) >= 3  # τ bars, the strongest measures, the Hessian ones
+    v = exp.verdict(summary)
+    assert v.status in STATUSES and v.evidence["num_runs"] == summary["num_runs"]
     with open(os.path.join(folder, "results.json")) as f:
         rows = json.load(f)
     assert len(rows) == len(exp.sweep(cfg)) == summary["num_runs"]

@@ -1,13 +1,11 @@
 """The edge-of-stability study: the in-training λ_max is the exact one, the 2/η lines sit at 2/η, quick run."""
 
-import os
-
 import numpy as np
 import pytest
 
 from experiments import stability
+from experiments.common import STATUSES, Row
 from losslab import curvature
-from losslab.results import RunStore
 
 # float32 Hessian-vector products and a float32 dense Hessian: both are good to ~1e-6 relative;
 # 1e-3 leaves room for Lanczos convergence yet catches any factor (2×, 1/n) or wrong-point bug.
@@ -31,26 +29,24 @@ def test_recorded_lambda_max_is_the_exact_top_eigenvalue():
     assert len(again["loss"]) == TINY["steps"]
 
 
-def _fake_runs(tmp_path, lrs, levels):
-    """Stored runs whose λ_max climbs to ``level × 2/η`` and stays there."""
-    store = RunStore(str(tmp_path), "stability")
-    runs = []
+def _fake_rows(lrs, levels):
+    """Rows (as ``stability.run`` returns them) whose λ_max climbs to ``level × 2/η`` and stays there."""
+    rows = []
     for lr, level in zip(lrs, levels):
         cfg = {**TINY, "name": f"lr{lr:g}", "learning_rate": lr, "steps": 100}
         steps = np.arange(10, 101, 10)
         lam = np.minimum(np.linspace(0.2, 2.0, steps.size), 1.0) * level * 2.0 / lr
         arrays = {"lambda_step": steps, "lambda_max": lam, "residual": 1e-6 * lam,
                   "loss_step": np.arange(100), "loss": np.geomspace(0.5, 0.01, 100)}
-        store.save(cfg, {"diverged": None, "final_train_loss": 0.01, "max_lambda_max": float(lam.max())},
-                   arrays=arrays, name=cfg["name"])
-        runs.append(store.load(cfg))
-    return runs
+        rows.append(Row(cfg, {"diverged": None, "final_train_loss": 0.01, "max_lambda_max": float(lam.max())},
+                        arrays))
+    return rows
 
 
-def test_threshold_lines_sit_at_two_over_eta_and_the_summary_reads_the_data(tmp_path):
+def test_threshold_lines_sit_at_two_over_eta_and_the_summary_reads_the_data():
     assert stability.threshold(0.5) == 4.0
     lrs = (0.25, 1.0, 2.0)
-    runs = _fake_runs(tmp_path, lrs, levels=(0.5, 1.0, 1.05))
+    runs = _fake_rows(lrs, levels=(0.5, 1.0, 1.05))
     fig = stability.figure(runs)
     ax = fig.axes[0]
     lines = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_label().startswith("2/η")}
@@ -59,27 +55,31 @@ def test_threshold_lines_sit_at_two_over_eta_and_the_summary_reads_the_data(tmp_
     np.testing.assert_allclose(drawn, sorted(2.0 / lr for lr in lrs))
     assert ax.get_xlabel() and ax.get_ylabel() and fig.axes[1].get_yscale() == "log"
 
-    summary = stability.summarize(runs)
-    rows = {e["learning_rate"]: e for e in summary["per_lr"]}
+    rows = {e["learning_rate"]: e for e in stability.summarize(runs)}
     assert rows[0.25]["late_median_over_threshold"] == pytest.approx(0.5)
     assert rows[1.0]["late_median_over_threshold"] == pytest.approx(1.0)
     assert rows[2.0]["max_lambda_max"] == pytest.approx(1.05)
     assert [rows[lr]["at_edge"] for lr in lrs] == [False, True, True]
-    assert "η ∈ {1, 2}" in summary["verdict"] and "η=0.25" in summary["verdict"]
+    v = stability.verdict(runs)
+    assert "η ∈ {1, 2}" in v.evidence["summary"] and "η=0.25" in v.evidence["summary"]
+    assert v.status == "inconclusive"  # two of three step sizes reach the edge
+    # A diverged run is drawn in the legend only and left out of the verdict.
+    diverged = Row({**TINY, "learning_rate": 4.0}, {"diverged": "loss became NaN"})
+    assert stability.verdict(runs[1:] + [diverged]).status == "holds"
+    assert "diverged" in stability.figure(runs + [diverged]).axes[0].get_legend_handles_labels()[1][-1]
 
 
 @pytest.mark.slow
 def test_quick_stability_study_end_to_end(quick_results):
-    config = stability.quick_config()
-    result = stability.run(config, str(quick_results))
-    rows = result["summary"]["per_lr"]
+    config = stability.quick()
+    runs = stability.run(config, str(quick_results))
+    rows = stability.summarize(runs)
     assert [e["learning_rate"] for e in rows] == list(config.learning_rates)
     for e in rows:
         assert not e["diverged"]
         assert e["threshold"] == pytest.approx(2.0 / e["learning_rate"])
         assert np.isfinite(e["max_lambda_max"]) and e["max_lambda_max"] > 0
         assert e["late_max_rel_residual"] < 1e-2
-    assert result["summary"]["verdict"]
-    assert all(os.path.getsize(p) > 1000 for p in result["figures"])
+    assert stability.verdict(runs).status in STATUSES
     # Resumes from the store: nothing is recomputed, the same summary comes back.
-    assert stability.run(config, str(quick_results))["summary"] == result["summary"]
+    assert stability.summarize(stability.run(config, str(quick_results))) == rows
