@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from losslab.adapters import NNXModel
 from losslab.trees import get_path, key_tuple
 
 Array = jax.Array
@@ -146,7 +147,8 @@ def find_layers(objective, params=None, *, kinds: tuple[str, ...] = KINDS, stric
       objective: the :class:`~losslab.Objective`.
       params: a params pytree (defaults to ``objective.params``).
       kinds: which layer kinds to return ("dense", "conv").
-      strict: raise for a ``kernel`` held by any other module (else skip it).
+      strict: raise for a ``kernel`` held by any other module, or for a model that is not Flax
+        NNX (else skip them: no layers).
 
     Raises:
       ValueError: (``strict``) a ``kernel`` belongs to a module other than ``nnx.Linear`` /
@@ -156,6 +158,10 @@ def find_layers(objective, params=None, *, kinds: tuple[str, ...] = KINDS, stric
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"unknown layer kind {kind!r}; valid: {KINDS}")
+    if not isinstance(objective.model, NNXModel):
+        if strict:
+            objective.module()  # raises, naming the model kind and the alternative
+        return ()
     model = objective.module()
     layers = []
     for path in kernel_paths(params):

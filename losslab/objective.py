@@ -1,9 +1,9 @@
 """The Objective: the one pure function every landscape tool looks at.
 
-An :class:`Objective` binds a Flax NNX model (split once into a graph
-definition, a params pytree and the rest of its state), a per-example loss,
-optional regularizers and a dataset into pure, jit-able functions of
-``params``:
+An :class:`Objective` binds a model (through the model protocol of
+:mod:`losslab.adapters`: Flax NNX, linen, equinox, haiku or a plain
+``apply_fn(params, x)``), a per-example loss, optional regularizers and a
+dataset into pure, jit-able functions of ``params``:
 
 .. math::  L(\\theta) = \\frac{1}{n} \\sum_{i=1}^n \\ell(f_\\theta(x_i), y_i) + R(\\theta)
 
@@ -12,23 +12,22 @@ loss and sizes are static), so it can be passed *as an argument* to jitted
 functions instead of being closed over: the dataset is never baked into a
 compiled program as a constant.
 
-``params`` are plain nested dicts (``nnx.State.to_pure_dict``), e.g.
-``params["layers"][0]["kernel"]``.
+``params`` is any pytree of float arrays: nested dicts for NNX (``nnx.State.to_pure_dict``,
+e.g. ``params["layers"][0]["kernel"]``) and linen/haiku, the module itself for equinox.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from losslab import adapters
 from losslab import losses as losses_lib
+from losslab.trees import path_str
 
 Array = jax.Array
 Batch = tuple[Array, Array]
@@ -95,36 +94,33 @@ def chunked_sum(fn: Callable[[Any, Array], Any], rows, chunk_size: int, *, mesh=
     return total
 
 
-@functools.cache
-def _call_options(cls: type) -> tuple[bool, bool]:
-    """Whether ``cls.__call__`` takes ``train=`` and ``key=`` keywords (losslab models do; yours need not)."""
-    try:
-        params = inspect.signature(cls.__call__).parameters
-    except (TypeError, ValueError):
-        return False, False
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return var_kw or "train" in params, var_kw or "key" in params
-
-
-def _call_model(model, x, train: bool, key):
-    takes_train, takes_key = _call_options(type(model))
-    kwargs = {}
-    if takes_train:
-        kwargs["train"] = train
-    if takes_key and train:
-        kwargs["key"] = key
-    return model(x, **kwargs)
+def check_params_pytree(params) -> None:
+    """Raises ``TypeError`` unless ``params`` is a non-empty pytree whose leaves are all numeric arrays."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise TypeError("params is an empty pytree: the model has no trainable parameters")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
+            raise TypeError(
+                f"params leaf {path_str(path)!r} is {type(leaf).__name__} ({dtype}); params must be a pytree of float "
+                "arrays (put integer or static values in the model, not in params)"
+            )
 
 
 @jax.tree_util.register_pytree_node_class
 class Objective:
     """A model + loss + regularizers + data, as pure functions of ``params``.
 
+    The model comes through the model protocol (:mod:`losslab.adapters`): a Flax NNX module, or a
+    :class:`~losslab.adapters.Bound` model from ``adapters.linen`` / ``adapters.equinox`` /
+    ``adapters.haiku``; a plain ``apply_fn`` goes through :meth:`from_apply`.
+
     Args:
-      model: any Flax NNX module mapping a batch ``x`` to outputs ``(batch, output_dim)``.
-        If its ``__call__`` takes ``train=`` (and ``key=`` for dropout), training calls it with
+      model: a Flax NNX module mapping a batch ``x`` to outputs ``(batch, output_dim)`` (if its
+        ``__call__`` takes ``train=`` (and ``key=`` for dropout), training calls it with
         ``train=True, key=...`` and everything else with ``train=False``, as losslab's models
-        do; a plain ``__call__(self, x)`` works too.
+        do; a plain ``__call__(self, x)`` works too), or an ``adapters.Bound`` model.
       loss: a loss name (see :data:`losslab.losses.LOSSES`) or a :class:`~losslab.losses.Loss`.
       data: a :class:`losslab.data.Dataset` (or anything with ``x_train``, ``y_train``,
         ``x_val``, ``y_val``, ``x_test``, ``y_test``, ``task``, ``num_classes``).
@@ -135,18 +131,20 @@ class Objective:
         tests); None keeps them.
 
     Attributes:
-      params: the model's initial parameters (a nested dict pytree).
-      state: the non-trainable state (BatchNorm statistics), a nested dict pytree.
+      params: the model's initial parameters (any pytree; nested dicts for NNX).
+      state: the non-trainable state (BatchNorm statistics), a pytree (``{}`` without one).
+      model: the :class:`~losslab.adapters.Model` (static).
       loss_fn: the per-example :class:`~losslab.losses.Loss`.
 
     Raises:
+      TypeError: the model is neither an NNX module nor an ``adapters.Bound`` model.
       ValueError: the loss does not fit the task, the model's output width does not match
         the number of classes/targets, or the data fail validation.
     """
 
     def __init__(
         self,
-        model: nnx.Module,
+        model,
         loss: str | losses_lib.Loss,
         data,
         *,
@@ -154,10 +152,11 @@ class Objective:
         chunk_size: int = 1024,
         dtype=None,
     ):
-        graphdef, params, state = nnx.split(model, nnx.Param, ...)
-        params, state = params.to_pure_dict(), state.to_pure_dict()
+        bound = adapters.bind(model)
+        params, state = bound.params, bound.state
+        check_params_pytree(params)
         self.loss_fn = losses_lib.get(loss)
-        self.graphdef = graphdef
+        self.model = bound.model
         self.regularizers = tuple(regularizers)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -187,7 +186,7 @@ class Objective:
             raise ValueError("the dataset has no training split")
         if dtype is not None:
             params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-            state = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+            state = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, state)
         self.params = params
         self.state = state
         self.param_offset = None
@@ -198,7 +197,7 @@ class Objective:
     def tree_flatten(self):
         """Pytree protocol: params, state and data are leaves; the model graph, loss and sizes are static."""
         children = (self.params, self.state, self.data, self.param_offset, self.param_scale)
-        aux = (self.graphdef, self.loss_fn, self.regularizers, self.chunk_size, self.task, self.num_classes, self.name)
+        aux = (self.model, self.loss_fn, self.regularizers, self.chunk_size, self.task, self.num_classes, self.name)
         return children, aux
 
     @classmethod
@@ -206,7 +205,7 @@ class Objective:
         """Pytree protocol: rebuilds an Objective from :meth:`tree_flatten`'s output."""
         obj = object.__new__(cls)
         obj.params, obj.state, obj.data, obj.param_offset, obj.param_scale = children
-        (obj.graphdef, obj.loss_fn, obj.regularizers, obj.chunk_size, obj.task, obj.num_classes, obj.name) = aux
+        (obj.model, obj.loss_fn, obj.regularizers, obj.chunk_size, obj.task, obj.num_classes, obj.name) = aux
         return obj
 
     def replace(self, **changes) -> Objective:
@@ -291,27 +290,55 @@ class Objective:
         scale = self.param_scale
         return jax.tree.map(lambda o, p: o + scale.astype(p.dtype) * p, self.param_offset, params)
 
-    def module(self, params=None, state=None) -> nnx.Module:
-        """A fresh NNX module merged from ``(params, state)`` (defaults: the objective's own)."""
+    @classmethod
+    def from_apply(
+        cls,
+        apply_fn: Callable,
+        params,
+        loss: str | losses_lib.Loss,
+        data,
+        *,
+        state=None,
+        filter_axis: int = -1,
+        **options,
+    ) -> Objective:
+        """An Objective over a plain JAX function: the model protocol without a framework.
+
+        ``apply_fn(params, x) -> outputs``, or, with ``state``, ``apply_fn(params, state, x, *,
+        train, key)`` returning the outputs in eval mode and ``(outputs, new_state)`` with
+        ``train=True``. ``params`` is any pytree of arrays. ``filter_axis``: the kernel axis of
+        output units for filter normalisation (-1: the Flax convention). ``options`` as for
+        the constructor (``regularizers``, ``chunk_size``, ``dtype``).
+        """
+        model = adapters.FunctionModel(apply_fn, state is not None, filter_axis)
+        return cls(adapters.Bound(model, params, {} if state is None else state), loss, data, **options)
+
+    @property
+    def graphdef(self):
+        """The NNX graph definition (NNX models only)."""
+        if not isinstance(self.model, adapters.NNXModel):
+            raise ValueError(f"graphdef exists for Flax NNX models only; this is a {self.model.kind} model")
+        return self.model.graphdef
+
+    def module(self, params=None, state=None):
+        """The framework module for ``(params, state)`` (defaults: the objective's own); NNX models only."""
         params = self.params if params is None else self.effective_params(params)
         state = self.state if state is None else state
-        return nnx.merge(self.graphdef, params, state)
+        return self.model.module(params, state)
 
     def apply(self, params, x: Array, *, state=None, train: bool = False, key=None, module_hook=None):
         """Model outputs ``f_θ(x)``. With ``train=True`` returns ``(outputs, new_state)``.
 
         ``module_hook(module)``, if given, is called on the freshly merged module before it runs
-        (the layer tap, :mod:`losslab.layers`, switches layers to recording ones there).
+        (the layer tap, :mod:`losslab.layers`, switches layers to recording ones there; NNX only).
         """
         state = self.state if state is None else state
-        model = nnx.merge(self.graphdef, self.effective_params(params), state)
+        params = self.effective_params(params)
         if module_hook is not None:
-            module_hook(model)
-        if not train:
-            return _call_model(model, x, False, None)
-        out = _call_model(model, x, True, key)
-        _, _, new_state = nnx.split(model, nnx.Param, ...)
-        return out, new_state.to_pure_dict()
+            if not isinstance(self.model, adapters.NNXModel):
+                self.model.module(params, state)  # raises: the layer tap needs an NNX model
+            return self.model.apply(params, state, x, train=train, key=key, module_hook=module_hook)
+        return self.model.apply(params, state, x, train=train, key=key)
 
     def outputs(self, params, x: Array) -> Array:
         """Eval-mode outputs ``(batch, output_dim)`` (no dropout, stored BatchNorm statistics)."""
@@ -384,8 +411,9 @@ class Objective:
 
     def __repr__(self) -> str:
         regs = f", regularizers={list(self.regularizers)}" if self.regularizers else ""
+        model = type(self.module()).__name__ if isinstance(self.model, adapters.NNXModel) else self.model.name()
         return (
-            f"Objective({type(self.module()).__name__}, "
+            f"Objective({model}, "
             f"loss={self.loss_fn}, data={self.name!r} n_train={self.num_examples()}, "
             f"params={self.num_params}{regs})"
         )

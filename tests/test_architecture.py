@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "losslab"
 MAX_FUNCTION_LINES = 80
 # Function-level imports allowed only for optional or heavy third-party dependencies.
-OPTIONAL_IMPORTS = {"pandas", "sklearn", "mnist1d", "importlib", "matplotlib", "os"}
+OPTIONAL_IMPORTS = {"pandas", "sklearn", "mnist1d", "importlib", "matplotlib", "os", "equinox", "haiku", "safetensors", "grain"}
 
 
 def _modules():
