@@ -242,6 +242,83 @@ class Objective:
                 f"the model outputs shape {tuple(out.shape[1:])} per example but the {self.task} data needs ({expected},)"
             )
 
+    def check_batch(self, batch, name: str = "batch") -> Batch:
+        """Validates a user-given ``(x, y)`` batch against the training split; returns it as a tuple.
+
+        Checks (static, so also under ``jit``): a pair of arrays with the same positive number of rows,
+        the per-example input shape and kind (float or integer) of the training inputs, integer labels
+        of shape ``(n,)`` for classification or float targets of the training targets' shape for
+        regression. Concrete labels (outside ``jit``) are also checked to lie in ``[0, num_classes)``.
+
+        Raises:
+          ValueError: naming ``name``, what was found and what was expected.
+        """
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"{name} must be an (x, y) pair of arrays, got {type(batch).__name__}")
+        x, y = batch
+        for arr, part in ((x, "inputs x"), (y, "targets y")):
+            if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+                raise ValueError(f"{name}: {part} must be an array, got {type(arr).__name__}")
+        x_ref, y_ref = self.data["train"]
+        n = x.shape[0] if x.ndim else 0
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ValueError(f"{name}: {n} inputs but targets of shape {tuple(y.shape)}")
+        if n == 0:
+            raise ValueError(f"{name} is empty: it needs at least one row")
+        if tuple(x.shape[1:]) != tuple(x_ref.shape[1:]):
+            raise ValueError(
+                f"{name}: inputs have per-example shape {tuple(x.shape[1:])} but the model takes "
+                f"{tuple(x_ref.shape[1:])} (the training inputs' shape)"
+            )
+        if jnp.issubdtype(x.dtype, jnp.floating) != jnp.issubdtype(x_ref.dtype, jnp.floating):
+            raise ValueError(f"{name}: inputs are {x.dtype} but the training inputs are {x_ref.dtype}")
+        self._check_targets(name, y, y_ref)
+        return x, y
+
+    def _check_targets(self, name, y, y_ref):
+        if self.task == "classification":
+            if not jnp.issubdtype(y.dtype, jnp.integer) or tuple(y.shape[1:]) != tuple(y_ref.shape[1:]):
+                raise ValueError(
+                    f"{name}: classification targets must be integer labels of shape (n,), got {y.dtype} {tuple(y.shape)}"
+                )
+            if not isinstance(y, jax.core.Tracer):
+                lo, hi = int(jnp.min(y)), int(jnp.max(y))
+                if lo < 0 or hi >= self.num_classes:
+                    raise ValueError(f"{name}: labels must lie in [0, {self.num_classes}), found range [{lo}, {hi}]")
+        elif not jnp.issubdtype(y.dtype, jnp.floating) or tuple(y.shape[1:]) != tuple(y_ref.shape[1:]):
+            raise ValueError(
+                f"{name}: regression targets must be float with per-example shape {tuple(y_ref.shape[1:])}, got "
+                f"{y.dtype} {tuple(y.shape)}"
+            )
+
+    def check_params(self, params, name: str = "params"):
+        """Raises ``ValueError`` unless ``params`` has the structure and leaf shapes of ``objective.params``.
+
+        The message names the first leaf that differs (its path, its shape and the expected shape),
+        or the paths missing from / unexpected in ``params``. Returns ``params``.
+        """
+        ref = jax.tree_util.tree_leaves_with_path(self.params)
+        got = jax.tree_util.tree_leaves_with_path(params)
+        ref_paths = [path_str(p) for p, _ in ref]
+        got_paths = [path_str(p) for p, _ in got]
+        if jax.tree.structure(params) != jax.tree.structure(self.params):
+            missing = sorted(set(ref_paths) - set(got_paths))
+            extra = sorted(set(got_paths) - set(ref_paths))
+            raise ValueError(
+                f"{name} does not have the model's structure: missing {missing or 'nothing'}, unexpected "
+                f"{extra or 'nothing'} (expected the leaves {ref_paths})"
+            )
+        for (path, a), (_, b) in zip(got, ref):
+            if jnp.shape(a) != jnp.shape(b):
+                raise ValueError(
+                    f"{name} leaf {path_str(path)!r} has shape {tuple(jnp.shape(a))}, expected {tuple(jnp.shape(b))}"
+                )
+        return params
+
+    def rows(self, batch=None) -> Batch:
+        """``batch`` validated by :meth:`check_batch`, or the whole training split when None."""
+        return self.batch("train") if batch is None else self.check_batch(batch)
+
     @property
     def output_dim(self) -> int:
         """Outputs per example: the number of classes, or of regression targets."""
@@ -350,7 +427,7 @@ class Objective:
         ``batch=None`` is the whole training set (in one call; use :meth:`data_loss`
         for a chunked mean).
         """
-        x, y = self.batch("train") if batch is None else batch
+        x, y = self.rows(batch)
         return self.loss_fn(self.outputs(params, x), y)
 
     def regularization(self, params) -> Array:
@@ -378,7 +455,7 @@ class Objective:
 
     def data_loss(self, params, batch: Batch | None = None) -> Array:
         """Exact mean data loss ``(1/n) Σ ℓ_i`` over ``batch`` (None: the training set), chunked."""
-        batch = self.batch("train") if batch is None else batch
+        batch = self.rows(batch)
         return self._sums(params, batch)[0] / batch[0].shape[0]
 
     def loss(self, params, batch: Batch | None = None) -> Array:
@@ -389,7 +466,7 @@ class Objective:
         """Fraction of correctly classified examples (NaN for regression); None = training set."""
         if self.task != "classification":
             return jnp.asarray(jnp.nan)
-        batch = self.batch("train") if batch is None else batch
+        batch = self.rows(batch)
         return self._sums(params, batch)[1] / batch[0].shape[0]
 
     def evaluate(self, params, split: str = "test") -> dict[str, Array]:

@@ -173,7 +173,7 @@ def _choice(name: str, value, valid: tuple[str, ...]) -> str:
 
 
 def _batch(objective, batch):
-    return objective.batch("train") if batch is None else batch
+    return objective.rows(batch)
 
 
 def _scale(params, adaptive, eta):

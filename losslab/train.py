@@ -506,7 +506,7 @@ def _compile(objective, optimization, steps, batch_size, epochs, probes, probe_e
 
 def _start(objective, params, tx, probes, names, key, mesh, resume, snapshot_every, epochs, steps) -> Loop:
     """The loop state at the first epoch: fresh, or continued from ``resume``."""
-    params = objective.params if params is None else params
+    params = objective.params if params is None else objective.check_params(params)
     state = objective.state
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -48,14 +48,33 @@ def _operator(name, objective, params, batch, key, select, mesh=None):
     return ops.make_operator(name, objective, params, batch, key=op_key, select=select, mesh=mesh)
 
 
-def _prepare(objective, params, key, operator, select):
+def _prepare(objective, params, key, operator, select, batch=None):
+    """Eager checks of a one-liner's arguments (before anything is compiled); returns ``(params, key)``."""
     if operator not in OPERATOR_NAMES:
         raise ValueError(f"operator must be one of {OPERATOR_NAMES}, got {operator!r}")
-    key = jax.random.key(0) if key is None else key
+    key = _as_key(key)
     ops.check_operator(operator, objective, key=key)
-    params = objective.params if params is None else params
+    params = objective.params if params is None else objective.check_params(params)
+    if batch is not None:
+        objective.check_batch(batch)
     selection_mask(params, select)  # validates eagerly
     return params, key
+
+
+def _as_key(key):
+    """A PRNG key from ``key`` (None: ``jax.random.key(0)``; an int is a seed)."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise ValueError(
+        f"key must be a jax.random.key(...) (or an int seed, or a legacy PRNGKey), got {type(key).__name__} "
+        f"{getattr(key, 'dtype', '')}{getattr(key, 'shape', '')}"
+    )
 
 
 class _CompileCounter:
@@ -190,7 +209,7 @@ def hessian_trace(
     method = "exact" if exact else method
     if method not in TRACE_METHODS:
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
-    params, key = _prepare(objective, params, key, operator, select)
+    params, key = _prepare(objective, params, key, operator, select, batch)
     if method == "backprop":
         # the same matrix as the operator of that name (mc_fisher: the same sampled labels)
         op_key = jax.random.fold_in(key, 1) if operator == "mc_fisher" else key
@@ -348,7 +367,7 @@ def hessian_eigenvalues(
         raise ValueError(
             "power iteration finds the largest-magnitude eigenvalues; use method='lanczos' for which='smallest'"
         )
-    params, key = _prepare(objective, params, key, operator, select)
+    params, key = _prepare(objective, params, key, operator, select, batch)
     restriction, _, size, _ = restrict(params, select)
     if not 1 <= k <= size:
         raise ValueError(f"k must be in [1, n={size}], got {k}")
@@ -490,7 +509,7 @@ def hessian_density(
     Returns:
       A :class:`DensityEstimate`; :func:`losslab.plot.spectrum.density` draws it.
     """
-    params, key = _prepare(objective, params, key, operator, select)
+    params, key = _prepare(objective, params, key, operator, select, batch)
     _, _, size, _ = restrict(params, select)
     method = "exact" if exact else "slq"
     res, seconds, compiled = _timed(

@@ -244,7 +244,7 @@ def _regularizer_diagonal(objective, params):
 
 
 def _diagonal_tree(objective, params, batch, kind, key, num_samples, mesh, axis, trace_only):
-    x, y = objective.batch("train") if batch is None else batch
+    x, y = objective.rows(batch)
     n = int(x.shape[0])
     check_mesh(mesh, axis, objective.chunk_size, n)
     plan = _plan(objective, params, x)
@@ -282,7 +282,7 @@ def piecewise_linear_check(objective, params=None, batch=None, *, check_rows: in
       ``{"layers/0/kernel": 0.0, ...}`` (floats).
     """
     params = objective.params if params is None else params
-    x, _ = objective.batch("train") if batch is None else batch
+    x, _ = objective.rows(batch)
     vals = _curvature_within_leaves(objective, params, x[:check_rows])
     return dict(zip(leaf_paths(params), map(float, vals)))
 
@@ -302,7 +302,9 @@ def require_piecewise_linear(objective, params, batch=None, check_rows: int = 25
 
 def _prepare(objective, params, batch, operator, key, num_samples, check_rows):
     """Eager validation (and, for the Hessian, the piecewise-linearity check); returns ``(params, key)``."""
-    params = objective.params if params is None else params
+    params = objective.params if params is None else objective.check_params(params)
+    if batch is not None:
+        objective.check_batch(batch)
     _check_kind(objective, operator, key, num_samples)
     if operator == "hessian":
         require_piecewise_linear(objective, params, batch, check_rows)

@@ -193,7 +193,7 @@ def kfac_factors(
         raise ValueError(
             "kfac_factors needs key= for the sampled estimator or for parameters outside Dense/Conv layers"
         )
-    x, y = objective.batch("train") if batch is None else batch
+    x, y = objective.rows(batch)
     n = x.shape[0]
     idx = jnp.arange(n)
 

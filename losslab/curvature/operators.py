@@ -55,7 +55,7 @@ Array = jax.Array
 
 def _setup(objective, params, batch, select, mesh, axis):
     params = objective.params if params is None else params
-    x, y = objective.batch("train") if batch is None else batch
+    x, y = objective.rows(batch)
     n = int(x.shape[0])
     check_mesh(mesh, axis, objective.chunk_size, n)
     restriction, sub0, size, dtype = restrict(params, select)
