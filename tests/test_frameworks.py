@@ -251,7 +251,7 @@ def test_trace_eigenvalues_plane_and_measures_agree_across_frameworks(builds):
     ref = None
     d1, d2 = canon_direction(3), canon_direction(4)
     key = jax.random.key(0)
-    for name, (obj, to_c, from_c) in builds.items():
+    for name, (obj, _to_c, from_c) in builds.items():
         p = obj.params
         trace = curvature.hessian_trace(obj, method="backprop").value
         eig = curvature.hessian_eigenvalues(obj, key=key, k=3, num_steps=obj.num_params).eigenvalues
