@@ -27,6 +27,7 @@ import numpy as np
 
 from losslab import adapters
 from losslab import losses as losses_lib
+from losslab.stream import Stream, is_stream
 from losslab.trees import path_str
 
 Array = jax.Array
@@ -64,6 +65,10 @@ def chunked_sum(fn: Callable[[Any, Array], Any], rows, chunk_size: int, *, mesh=
     Returns:
       The pytree sum over all chunks.
     """
+    if is_stream(rows):
+        if mesh is not None:
+            raise ValueError("a mesh with streamed data is not supported: shard the data at rest instead")
+        return _stream_sum(fn, rows)
     n = jax.tree.leaves(rows)[0].shape[0]
     chunk_size = min(chunk_size, n)
     num_chunks = -(-n // chunk_size)
@@ -106,6 +111,40 @@ def check_params_pytree(params) -> None:
                 f"params leaf {path_str(path)!r} is {type(leaf).__name__} ({dtype}); params must be a pytree of float "
                 "arrays (put integer or static values in the model, not in params)"
             )
+
+
+def _stream_sum(fn, stream: Stream):
+    """:func:`chunked_sum` over a :class:`~losslab.stream.Stream`: one host-fetched batch per scan step.
+
+    Each chunk is ``(x, y, row_index)`` with padding weights. The step is rematerialised, so a
+    reverse-mode derivative re-reads its batch instead of storing every batch's activations.
+    """
+
+    @jax.checkpoint
+    def chunk(b):
+        x, y, idx, w = stream.fetch(b)
+        return fn((x, y, idx), w)
+
+    init = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(chunk, jnp.int32(0)))
+
+    def body(acc, b):
+        return jax.tree.map(jnp.add, acc, chunk(b)), None
+
+    total, _ = jax.lax.scan(body, init, jnp.arange(stream.num_batches, dtype=jnp.int32))
+    return total
+
+
+def num_rows(rows) -> int:
+    """Rows of a batch pytree (leading dimension) or of a :class:`~losslab.stream.Stream`."""
+    return rows.num_examples if is_stream(rows) else int(jax.tree.leaves(rows)[0].shape[0])
+
+
+def indexed_rows(rows):
+    """``(x, y)`` as ``(x, y, row_index)``; a stream already yields the row index with every batch."""
+    if is_stream(rows):
+        return rows
+    x, y = rows[0], rows[1]
+    return (x, y, jnp.arange(num_rows(rows), dtype=jnp.int32))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -176,7 +215,9 @@ class Objective:
             return a
 
         self.data = {}
-        for split in SPLITS:
+        if is_stream(data):
+            self.data["train"] = data if dtype is None else data.with_dtype(dtype)
+        for split in SPLITS if not is_stream(data) else ():
             x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
             if x is None or len(x) == 0:
                 continue
@@ -231,7 +272,7 @@ class Objective:
                 )
 
     def _check_model(self):
-        x = self.data["train"][0]
+        x = self.head(2)[0]
         try:
             out = jax.eval_shape(lambda p, s, xx: self.apply(p, xx, state=s), self.params, self.state, x[:2])
         except Exception as e:  # noqa: BLE001 - re-raised with context
@@ -259,16 +300,16 @@ class Objective:
         for arr, part in ((x, "inputs x"), (y, "targets y")):
             if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
                 raise ValueError(f"{name}: {part} must be an array, got {type(arr).__name__}")
-        x_ref, y_ref = self.data["train"]
+        x_ref, y_ref = self._train_spec()
         n = x.shape[0] if x.ndim else 0
         if y.ndim == 0 or y.shape[0] != n:
             raise ValueError(f"{name}: {n} inputs but targets of shape {tuple(y.shape)}")
         if n == 0:
             raise ValueError(f"{name} is empty: it needs at least one row")
-        if tuple(x.shape[1:]) != tuple(x_ref.shape[1:]):
+        if tuple(x.shape[1:]) != tuple(x_ref.shape):
             raise ValueError(
                 f"{name}: inputs have per-example shape {tuple(x.shape[1:])} but the model takes "
-                f"{tuple(x_ref.shape[1:])} (the training inputs' shape)"
+                f"{tuple(x_ref.shape)} (the training inputs' shape)"
             )
         if jnp.issubdtype(x.dtype, jnp.floating) != jnp.issubdtype(x_ref.dtype, jnp.floating):
             raise ValueError(f"{name}: inputs are {x.dtype} but the training inputs are {x_ref.dtype}")
@@ -277,7 +318,7 @@ class Objective:
 
     def _check_targets(self, name, y, y_ref):
         if self.task == "classification":
-            if not jnp.issubdtype(y.dtype, jnp.integer) or tuple(y.shape[1:]) != tuple(y_ref.shape[1:]):
+            if not jnp.issubdtype(y.dtype, jnp.integer) or tuple(y.shape[1:]) != tuple(y_ref.shape):
                 raise ValueError(
                     f"{name}: classification targets must be integer labels of shape (n,), got {y.dtype} {tuple(y.shape)}"
                 )
@@ -285,9 +326,9 @@ class Objective:
                 lo, hi = int(jnp.min(y)), int(jnp.max(y))
                 if lo < 0 or hi >= self.num_classes:
                     raise ValueError(f"{name}: labels must lie in [0, {self.num_classes}), found range [{lo}, {hi}]")
-        elif not jnp.issubdtype(y.dtype, jnp.floating) or tuple(y.shape[1:]) != tuple(y_ref.shape[1:]):
+        elif not jnp.issubdtype(y.dtype, jnp.floating) or tuple(y.shape[1:]) != tuple(y_ref.shape):
             raise ValueError(
-                f"{name}: regression targets must be float with per-example shape {tuple(y_ref.shape[1:])}, got "
+                f"{name}: regression targets must be float with per-example shape {tuple(y_ref.shape)}, got "
                 f"{y.dtype} {tuple(y.shape)}"
             )
 
@@ -315,17 +356,39 @@ class Objective:
                 )
         return params
 
-    def rows(self, batch=None) -> Batch:
-        """``batch`` validated by :meth:`check_batch`, or the whole training split when None."""
-        return self.batch("train") if batch is None else self.check_batch(batch)
+    def rows(self, batch=None):
+        """``batch`` validated by :meth:`check_batch`, or the whole training split when None.
+
+        The training split is an ``(x, y)`` pair, or a :class:`~losslab.stream.Stream` for streamed
+        data (a stream passed as ``batch`` is taken as it is).
+        """
+        if batch is None:
+            return self.data["train"]
+        return batch if is_stream(batch) else self.check_batch(batch)
+
+    def _train_spec(self):
+        """Per-row ``ShapeDtypeStruct`` s of the training inputs and targets."""
+        train = self.data["train"]
+        if is_stream(train):
+            return train.x_spec, train.y_spec
+        x, y = train
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.ShapeDtypeStruct(y.shape[1:], y.dtype)
+
+    def head(self, k: int) -> Batch:
+        """The first ``k`` training rows as ``(x, y)`` arrays (of any split layout, streamed or not)."""
+        train = self.data["train"]
+        if is_stream(train):
+            x, y = train.head(k)
+            return jnp.asarray(x), jnp.asarray(y)
+        return train[0][:k], train[1][:k]
 
     @property
     def output_dim(self) -> int:
         """Outputs per example: the number of classes, or of regression targets."""
         if self.task == "classification":
             return int(self.num_classes)
-        y = self.data["train"][1]
-        return int(y.shape[-1]) if y.ndim > 1 else 1
+        y = self._train_spec()[1]
+        return int(y.shape[-1]) if len(y.shape) >= 1 else 1
 
     @property
     def num_params(self) -> int:
@@ -334,7 +397,7 @@ class Objective:
 
     def num_examples(self, split: str = "train") -> int:
         """Rows in a split ("train", "val" or "test")."""
-        return int(self.batch(split)[0].shape[0])
+        return num_rows(self.batch(split))
 
     # -- pure functions ------------------------------------------------------
     def batch(self, split: str = "train") -> Batch:
@@ -427,7 +490,10 @@ class Objective:
         ``batch=None`` is the whole training set (in one call; use :meth:`data_loss`
         for a chunked mean).
         """
-        x, y = self.rows(batch)
+        rows = self.rows(batch)
+        if is_stream(rows):
+            raise ValueError("per_example_loss needs an in-memory batch; with streamed data use data_loss (the mean)")
+        x, y = rows
         return self.loss_fn(self.outputs(params, x), y)
 
     def regularization(self, params) -> Array:
@@ -442,7 +508,7 @@ class Objective:
         """(sum of losses, number correct) over a batch, chunked."""
 
         def fn(rows, w):
-            x, y = rows
+            x, y = rows[0], rows[1]
             out = self.outputs(params, x)
             lossv = jnp.sum(w * self.loss_fn(out, y))
             if self.task == "classification":
@@ -456,7 +522,7 @@ class Objective:
     def data_loss(self, params, batch: Batch | None = None) -> Array:
         """Exact mean data loss ``(1/n) Σ ℓ_i`` over ``batch`` (None: the training set), chunked."""
         batch = self.rows(batch)
-        return self._sums(params, batch)[0] / batch[0].shape[0]
+        return self._sums(params, batch)[0] / num_rows(batch)
 
     def loss(self, params, batch: Batch | None = None) -> Array:
         """The training objective ``L(θ) = (1/n) Σ ℓ_i + R(θ)`` in eval mode; None = training set."""
@@ -467,13 +533,13 @@ class Objective:
         if self.task != "classification":
             return jnp.asarray(jnp.nan)
         batch = self.rows(batch)
-        return self._sums(params, batch)[1] / batch[0].shape[0]
+        return self._sums(params, batch)[1] / num_rows(batch)
 
     def evaluate(self, params, split: str = "test") -> dict[str, Array]:
         """Eval-mode ``{"loss", "accuracy", "error"}`` on a split; loss excludes regularizers."""
         batch = self.batch(split)
         total, correct = self._sums(params, batch)
-        n = batch[0].shape[0]
+        n = num_rows(batch)
         acc = correct / n if self.task == "classification" else jnp.asarray(jnp.nan)
         return {"loss": total / n, "accuracy": acc, "error": 1.0 - acc}
 

@@ -66,8 +66,9 @@ from losslab import display as fmt
 from losslab.curvature.eigen import top_eigenpairs
 from losslab.curvature.operators import make_operator
 from losslab.curvature.trace import hutchinson_trace
-from losslab.objective import chunked_sum
+from losslab.objective import chunked_sum, num_rows
 from losslab.registry import lookup
+from losslab.stream import is_stream
 from losslab.trees import tree_axpy, tree_norm
 
 Array = jax.Array
@@ -233,13 +234,13 @@ def _ascent(loss_fn, params, scale, key, rho, *, norm: str, num_steps: int, init
 
 @partial(jax.jit, static_argnames=("norm", "num_steps", "m", "init_fraction"))
 def _worst_case_kernel(objective, params, batch, key, rho, eta, adaptive, *, norm, num_steps, m, init_fraction):
-    x, y = batch
     scale = _scale(params, adaptive, eta)
     if m is None:
-        loss_fn = lambda p: objective.data_loss(p, (x, y))
+        loss_fn = lambda p: objective.data_loss(p, batch)
         base = loss_fn(params)
         top = _ascent(loss_fn, params, scale, key, rho, norm=norm, num_steps=num_steps, init_fraction=init_fraction)
         return top - base, base, top - base
+    x, y = batch
     num_batches = x.shape[0] // m
     xs = x[: num_batches * m].reshape(num_batches, m, *x.shape[1:])
     ys = y[: num_batches * m].reshape(num_batches, m, *y.shape[1:])
@@ -306,13 +307,15 @@ def worst_case_sharpness(
     norm = _choice("norm", norm, ("l2", "linf"))
     num_steps = _count("num_steps", num_steps)
     init_fraction = _positive("init_fraction", init_fraction)
-    x, y = _batch(objective, batch)
+    rows = _batch(objective, batch)
     if m is not None:
         m = _count("m", m)
-        if m > x.shape[0]:
-            raise ValueError(f"m = {m} exceeds the {x.shape[0]} examples of the batch")
+        if is_stream(rows):
+            raise ValueError("m-sharpness splits an in-memory batch into m-batches; pass batch=(x, y)")
+        if m > rows[0].shape[0]:
+            raise ValueError(f"m = {m} exceeds the {rows[0].shape[0]} examples of the batch")
     value, base, spread = _worst_case_kernel(
-        objective, params, (x, y), key, rho, eta, bool(adaptive), norm=norm, num_steps=num_steps, m=m,
+        objective, params, rows, key, rho, eta, bool(adaptive), norm=norm, num_steps=num_steps, m=m,
         init_fraction=init_fraction,
     )
     info = {"rho": rho, "norm": norm, "adaptive": adaptive, "eta": eta, "num_steps": num_steps, "m": m,
@@ -363,8 +366,7 @@ def epsilon_sharpness(
 
 def _error_fn(objective, batch):
     """Per-example 0-1 error (classification) as a function of params."""
-    x, y = batch
-    return lambda p: 1.0 - objective.accuracy(p, (x, y))
+    return lambda p: 1.0 - objective.accuracy(p, batch)
 
 
 @partial(jax.jit, static_argnames=("num_samples", "metric"))
@@ -547,12 +549,12 @@ def data_hessian_lambda_max(objective, params, key, *, num_steps: int = 20, batc
 @jax.jit
 def _directional_sq(objective, params, batch):
     def fn(rows, w):
-        x, y = rows
+        x, y = rows[0], rows[1]
         g = lambda p: objective.loss_fn(objective.outputs(p, x), y)
         _, d = jax.jvp(g, (params,), (params,))
         return jnp.sum(w * d**2)
 
-    return chunked_sum(fn, batch, objective.chunk_size) / batch[0].shape[0]
+    return chunked_sum(fn, batch, objective.chunk_size) / num_rows(batch)
 
 
 @jax.jit
@@ -614,7 +616,7 @@ def _is_kernel(path, leaf) -> bool:
 @jax.jit
 def _path_norm_kernel(objective, params):
     squared = jax.tree.map(jnp.square, params)
-    x = objective.batch("train")[0]
+    x = objective.head(1)[0]
     ones = jnp.ones((1, *x.shape[1:]), x.dtype)
     return jnp.sqrt(jnp.sum(objective.outputs(squared, ones)))
 

@@ -46,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from losslab import display as fmt
 from losslab import optim
+from losslab.stream import is_stream
 from losslab.trees import check_same_structure, tree_sub, tree_vdot
 
 Array = jax.Array
@@ -273,7 +274,7 @@ def evaluate_points(
     if batch_norm == "recompute":
         if bn_examples < 1:
             raise ValueError(f"bn_examples must be >= 1, got {bn_examples}")
-        bn_x = objective.batch("train")[0][:bn_examples]
+        bn_x = objective.head(bn_examples)[0]
     else:
         bn_x = None
     mesh = _default_mesh(mesh)
@@ -497,6 +498,13 @@ def _optimizer(name: str, learning_rate: float, num_steps: int):
     return optim.create(name, learning_rate, total_steps=num_steps)[0]
 
 
+def _in_memory(objective, tool: str):
+    train = objective.batch("train")
+    if is_stream(train):
+        raise ValueError(f"{tool} draws random minibatches and needs in-memory training data, not a stream")
+    return train
+
+
 def bezier_objective(objective, params_a: PyTree, params_b: PyTree, t):
     r"""The objective as a function of the control point at curve position ``t``.
 
@@ -511,7 +519,7 @@ def bezier_objective(objective, params_a: PyTree, params_b: PyTree, t):
 
 @functools.partial(jax.jit, static_argnames=("tx", "num_steps", "batch_size"))
 def _train_bezier(objective, params_a, params_b, control, key, *, tx, num_steps, batch_size):
-    x, y = objective.batch("train")
+    x, y = _in_memory(objective, "bezier_curve")
     n = x.shape[0]
 
     def body(carry, k):

@@ -45,6 +45,7 @@ from losslab import display as fmt
 from losslab import optim
 from losslab.objective import Objective
 from losslab.probes import Probe, grad_norm_probe
+from losslab.stream import is_stream
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -465,6 +466,11 @@ def _validate(objective, n, batch_size, epochs, probes, probe_every, mesh, eval_
     """Eager checks of :func:`train`'s arguments (before anything is compiled); returns the batch size."""
     if not isinstance(objective, Objective):
         raise TypeError(f"train needs a losslab.Objective, got {type(objective).__name__}")
+    if is_stream(objective.batch("train")):
+        raise ValueError(
+            "train() shuffles in-memory training data; this objective streams its data (analysis only: loss, "
+            "gradients, curvature, surfaces). Train on an in-memory Objective, then analyse with the streamed one."
+        )
     batch_size = n if batch_size is None or batch_size >= n else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -48,7 +48,8 @@ from losslab.curvature.operators import OPERATORS, check_operator, sampled_nll_g
 from losslab.curvature.trace import DiagonalResult, TraceResult
 from losslab.layers import covered_mask, find_layers, record
 from losslab.losses import Regularizer
-from losslab.objective import check_mesh, chunked_sum
+from losslab.objective import check_mesh, chunked_sum, indexed_rows, num_rows
+from losslab.stream import is_stream
 from losslab.trees import key_tuple, leaf_paths
 
 Array = jax.Array
@@ -243,12 +244,16 @@ def _regularizer_diagonal(objective, params):
     return jax.jvp(jax.grad(objective.regularization), (params,), (ones,))[1]
 
 
+def _head(objective, rows, k):
+    """The inputs of the first ``k`` rows (of a batch, or of the streamed training split)."""
+    return objective.head(k)[0] if is_stream(rows) else rows[0][:k]
+
+
 def _diagonal_tree(objective, params, batch, kind, key, num_samples, mesh, axis, trace_only):
-    x, y = objective.rows(batch)
-    n = int(x.shape[0])
+    rows = indexed_rows(objective.rows(batch))
+    n = num_rows(rows)
     check_mesh(mesh, axis, objective.chunk_size, n)
-    plan = _plan(objective, params, x)
-    rows = (x, y, jnp.arange(n))
+    plan = _plan(objective, params, _head(objective, rows, 2))
 
     def fn(r, w):
         xc, yc, ic = r
@@ -282,8 +287,7 @@ def piecewise_linear_check(objective, params=None, batch=None, *, check_rows: in
       ``{"layers/0/kernel": 0.0, ...}`` (floats).
     """
     params = objective.params if params is None else params
-    x, _ = objective.rows(batch)
-    vals = _curvature_within_leaves(objective, params, x[:check_rows])
+    vals = _curvature_within_leaves(objective, params, _head(objective, objective.rows(batch), check_rows))
     return dict(zip(leaf_paths(params), map(float, vals)))
 
 

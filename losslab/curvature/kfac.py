@@ -39,7 +39,7 @@ from losslab.layers import (
     layer_grad_matrix,
     record,
 )
-from losslab.objective import chunked_sum
+from losslab.objective import chunked_sum, indexed_rows
 from losslab.trees import get_path, key_tuple
 
 Array = jax.Array
@@ -193,15 +193,13 @@ def kfac_factors(
         raise ValueError(
             "kfac_factors needs key= for the sampled estimator or for parameters outside Dense/Conv layers"
         )
-    x, y = objective.rows(batch)
-    n = x.shape[0]
-    idx = jnp.arange(n)
+    rows = indexed_rows(objective.rows(batch))
 
     def fn(xc, ic, w):
         cot_fn = cotangents(lik, estimator, num_samples, lambda: jax.random.fold_in(key, ic[0]), need_diag)
         return factor_sums(objective, params, xc, w, cot_fn, layers, mask)
 
-    a, g, diag, total = chunked_sum(lambda r, w: fn(r[0], r[1], w), (x, idx), objective.chunk_size)
+    a, g, diag, total = chunked_sum(lambda r, w: fn(r[0], r[2], w), rows, objective.chunk_size)
     return KFACFactors(tuple(m / total for m in a), tuple(m / total for m in g), tuple(d / total for d in diag))
 
 

@@ -43,8 +43,9 @@ from jax.flatten_util import ravel_pytree
 
 from losslab.curvature.base import LinearOperator, Select, flat_params, from_matrix, path_str, restrict, to_dense
 from losslab.curvature.kfac import kfac_operator
-from losslab.objective import check_mesh, chunked_sum
+from losslab.objective import check_mesh, chunked_sum, indexed_rows, num_rows
 from losslab.registry import lookup
+from losslab.stream import is_stream
 
 Array = jax.Array
 
@@ -54,12 +55,13 @@ Array = jax.Array
 
 
 def _setup(objective, params, batch, select, mesh, axis):
+    """``(restriction, selected leaves, size, dtype, rows (x, y, row_index) or a stream, N)``."""
     params = objective.params if params is None else params
-    x, y = objective.rows(batch)
-    n = int(x.shape[0])
+    rows = indexed_rows(objective.rows(batch))
+    n = num_rows(rows)
     check_mesh(mesh, axis, objective.chunk_size, n)
     restriction, sub0, size, dtype = restrict(params, select)
-    return restriction, sub0, size, dtype, (x, y), n
+    return restriction, sub0, size, dtype, rows, n
 
 
 def hessian_operator(
@@ -113,16 +115,19 @@ def hessian_operator(
     return LinearOperator(matvec, size, dtype, True, False, restriction.ravel, restriction.unravel, "hessian")
 
 
-def _output_space_operator(objective, params, batch, select, mesh, axis, output_matvec, extra_rows, name, linearize):
+def _output_space_operator(objective, params, batch, select, mesh, axis, output_matvec, name, linearize):
     """Shared ``J^T M J`` construction: ``output_matvec(z, y, extra, u, w) -> (chunk, D)``.
 
-    ``linearize``: linearise the model once (``jax.linearize``) and reuse it for every product
-    (one tangent and one transposed pass per matvec, no primal recomputation); needs the batch
-    to be one chunk. This is the natural-gradient optimizers' hot path.
+    ``output_matvec`` receives each chunk's global row indices as ``extra``. ``linearize``:
+    linearise the model once (``jax.linearize``) and reuse it for every product (one tangent and
+    one transposed pass per matvec, no primal recomputation); needs the batch to be one chunk in
+    memory. This is the natural-gradient optimizers' hot path.
     """
-    restriction, sub0, size, dtype, (x, y), n = _setup(objective, params, batch, select, mesh, axis)
-    rows = (x, y, extra_rows(n))
+    restriction, sub0, size, dtype, rows, n = _setup(objective, params, batch, select, mesh, axis)
     if linearize:
+        if is_stream(rows):
+            raise ValueError("linearize=True needs an in-memory batch, not streamed data")
+        x, y, _ = rows
         if n > objective.chunk_size:
             raise ValueError(
                 f"linearize=True needs the batch in one chunk: {n} rows > chunk_size {objective.chunk_size}"
@@ -156,10 +161,6 @@ def _output_space_operator(objective, params, batch, select, mesh, axis, output_
     return LinearOperator(matvec, size, dtype, True, True, restriction.ravel, restriction.unravel, name)
 
 
-def _no_extra(n):
-    return jnp.zeros((n,), jnp.int32)
-
-
 def ggn_operator(
     objective, params=None, batch=None, *, select: Select = None, mesh=None, axis: str = "data", linearize: bool = False
 ) -> LinearOperator:
@@ -181,7 +182,7 @@ def ggn_operator(
         return jax.jvp(g, (z,), (u,))[1]
 
     return _output_space_operator(
-        objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "ggn", linearize
+        objective, params, batch, select, mesh, axis, output_matvec, "ggn", linearize
     )
 
 
@@ -208,7 +209,7 @@ def fisher_operator(
         return w[:, None] * likelihood.fisher_matvec(z, u)
 
     return _output_space_operator(
-        objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "fisher", linearize
+        objective, params, batch, select, mesh, axis, output_matvec, "fisher", linearize
     )
 
 
@@ -264,7 +265,7 @@ def mc_fisher_operator(
         return w[:, None] * jax.vmap(per_row)(idx, z, u)
 
     return _output_space_operator(
-        objective, params, batch, select, mesh, axis, output_matvec, lambda n: jnp.arange(n), "mc_fisher", linearize
+        objective, params, batch, select, mesh, axis, output_matvec, "mc_fisher", linearize
     )
 
 
@@ -292,7 +293,7 @@ def empirical_fisher_operator(
         return (w * jnp.sum(r * u, axis=-1))[:, None] * r
 
     return _output_space_operator(
-        objective, params, batch, select, mesh, axis, output_matvec, _no_extra, "empirical_fisher", linearize
+        objective, params, batch, select, mesh, axis, output_matvec, "empirical_fisher", linearize
     )
 
 
