@@ -26,6 +26,7 @@ from losslab import (
     symmetry,
     train,
     trees,
+    weights,
 )
 from losslab.objective import Objective, chunked_sum
 from losslab.probes import Probe
@@ -63,4 +64,5 @@ __all__ = [
     "symmetry",
     "train",
     "trees",
+    "weights",
 ]

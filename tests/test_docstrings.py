@@ -39,6 +39,7 @@ AUDITED = [
     "losslab.surface",
     "losslab.symmetry",
     "losslab.train",
+    "losslab.weights",
 ]
 
 
