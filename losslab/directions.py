@@ -66,11 +66,14 @@ def normalize_direction(
     *,
     normalization: str = "filter",
     biases: str = "zero",
+    filter_axis: int = -1,
 ) -> PyTree:
     r"""Rescales a direction to the scale of the parameters (Li et al. 2018).
 
     For every kernel leaf (rank >= 2) with slices :math:`d_j, \theta_j` along the
-    last (output) axis:
+    output axis ``filter_axis`` (-1, the last axis, for Flax NNX / linen / haiku kernels
+    ``(in, out)`` and ``(..., in, out)``; 0 for equinox's ``(out, in)`` and ``(out, in, ...)``;
+    ``objective.model.filter_axis`` holds the convention of an Objective's model):
 
     * ``"filter"``: :math:`d_j \leftarrow d_j \, \lVert\theta_j\rVert / \lVert d_j\rVert`
       for each output unit / conv filter j (Li et al. 2018, eq. 1);
@@ -79,7 +82,8 @@ def normalize_direction(
       after the bias rule);
     * ``"none"``: unchanged.
 
-    Leaves of rank 0 or 1 (biases, BatchNorm/LayerNorm scale and shift) are set to
+    Leaves with at most one non-singleton axis (biases, BatchNorm/LayerNorm scale and shift, also
+    in layouts such as equinox's ``(out, 1)`` conv bias or haiku's ``(1, 1, C)`` scale) are set to
     zero with ``biases="zero"`` (Li et al.'s default, "biasbn" ignored), or with
     ``biases="keep"`` normalised as one unit each (``filter``/``layer``: the leaf gets
     the norm of the matching params leaf; ``model``/``none``: kept as drawn).
@@ -89,10 +93,14 @@ def normalize_direction(
       params: the parameters whose scale the direction takes.
       normalization: one of :data:`NORMALIZATIONS`.
       biases: one of :data:`BIAS_MODES`.
+      filter_axis: the kernel axis that indexes output units / filters (see above).
 
     Returns:
       The normalised direction (new pytree; inputs untouched). Cost: O(#params).
     """
+    if not isinstance(filter_axis, (int, np.integer)) or filter_axis not in (-1, 0):
+        raise ValueError(f"filter_axis must be -1 (Flax, haiku: kernels (in, out)) or 0 (equinox: (out, in)), "
+                         f"got {filter_axis!r}")
     _check_option(normalization, NORMALIZATIONS, "normalization")
     _check_option(biases, BIAS_MODES, "biases mode")
     check_same_structure(direction, params, "normalize_direction")
@@ -100,14 +108,15 @@ def normalize_direction(
     def leaf(d, p):
         d = jnp.asarray(d)
         p = jnp.asarray(p, d.dtype)
-        if d.ndim <= 1:
+        if sum(n > 1 for n in d.shape) <= 1:  # one value per unit: a bias or norm parameter (any singleton layout)
             if biases == "zero":
                 return jnp.zeros_like(d)
             if normalization in ("filter", "layer"):
                 return d * _safe_ratio(jnp.linalg.norm(p), jnp.linalg.norm(d))
             return d
         if normalization == "filter":
-            axes = tuple(range(d.ndim - 1))
+            keep = d.ndim - 1 if filter_axis == -1 else 0
+            axes = tuple(a for a in range(d.ndim) if a != keep)
             dn = jnp.sqrt(jnp.sum(d * d, axis=axes, keepdims=True))
             pn = jnp.sqrt(jnp.sum(p * p, axis=axes, keepdims=True))
             return d * _safe_ratio(pn, dn)
@@ -119,7 +128,9 @@ def normalize_direction(
     if normalization == "model":
         # With biases zeroed, the target is the norm of the kernels the direction moves.
         target = (
-            params if biases == "keep" else jax.tree.map(lambda p: p if jnp.ndim(p) > 1 else jnp.zeros_like(p), params)
+            params
+            if biases == "keep"
+            else jax.tree.map(lambda p: p if sum(n > 1 for n in jnp.shape(p)) > 1 else jnp.zeros_like(p), params)
         )
         out = tree_scale(out, _safe_ratio(tree_norm(target), tree_norm(out)))
     return out
@@ -131,6 +142,7 @@ def random_direction(
     *,
     normalization: str = "filter",
     biases: str = "zero",
+    filter_axis: int = -1,
 ) -> PyTree:
     r"""A Gaussian direction :math:`d \sim \mathcal N(0, I)` normalised to the params' scale.
 
@@ -144,6 +156,7 @@ def random_direction(
       key: a PRNG key (required: no global randomness).
       normalization: one of :data:`NORMALIZATIONS`.
       biases: ``"zero"`` or ``"keep"`` (see :func:`normalize_direction`).
+      filter_axis: the kernels' output axis (see :func:`normalize_direction`).
 
     Returns:
       A direction pytree shaped and typed like ``params``.
@@ -153,7 +166,9 @@ def random_direction(
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, max(len(leaves), 1))
     raw = [jax.random.normal(k, jnp.shape(p), jnp.asarray(p).dtype) for k, p in zip(keys, leaves)]
-    return normalize_direction(jax.tree.unflatten(treedef, raw), params, normalization=normalization, biases=biases)
+    return normalize_direction(
+        jax.tree.unflatten(treedef, raw), params, normalization=normalization, biases=biases, filter_axis=filter_axis
+    )
 
 
 def random_plane(
@@ -162,17 +177,16 @@ def random_plane(
     *,
     normalization: str = "filter",
     biases: str = "zero",
+    filter_axis: int = -1,
 ) -> tuple[PyTree, PyTree]:
     """Two independent normalised Gaussian directions ``(d1, d2)`` (Li et al. 2018).
 
     In high dimension two Gaussian draws are nearly orthogonal (cosine ~ 1/sqrt(n)),
-    so, as in Li et al., they are not orthogonalised.
+    so, as in Li et al., they are not orthogonalised. Options as :func:`random_direction`.
     """
     k1, k2 = jax.random.split(key)
-    return (
-        random_direction(params, k1, normalization=normalization, biases=biases),
-        random_direction(params, k2, normalization=normalization, biases=biases),
-    )
+    opts = {"normalization": normalization, "biases": biases, "filter_axis": filter_axis}
+    return random_direction(params, k1, **opts), random_direction(params, k2, **opts)
 
 
 # --------------------------------------------------------------------------

@@ -281,3 +281,21 @@ def test_unsupported_model_objects_are_refused_up_front(builds):
     obj = builds["linen"][0]
     with pytest.raises(ValueError, match="the layer tap .* needs a Flax NNX model; this is a linen model"):
         curvature.kfac_operator(obj, obj.params)
+
+
+def test_filter_normalisation_follows_each_frameworks_kernel_layout(builds):
+    """The same Gaussian draw, normalised per filter in each framework's own layout, is the same direction."""
+    from losslab import directions
+
+    raw = canon_direction(5)
+    ref = None
+    for name, (obj, to_c, from_c) in builds.items():
+        d = directions.normalize_direction(from_c(raw, obj.params), obj.params, filter_axis=obj.model.filter_axis)
+        got = flat(to_c(d))
+        if ref is None:
+            ref = got
+            continue
+        np.testing.assert_allclose(got, ref, atol=AGREE, rtol=0, err_msg=name)
+    assert builds["equinox"][0].model.filter_axis == 0 and builds["nnx"][0].model.filter_axis == -1
+    with pytest.raises(ValueError, match="filter_axis must be -1"):
+        directions.normalize_direction(raw, raw, filter_axis=1)
