@@ -27,17 +27,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _write_npy(path: str, shape: tuple, dtype, chunks) -> None:
+    """Writes an .npy file chunk by chunk with plain file writes (no memory map, no whole array in memory)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in chunks:
+            f.write(np.ascontiguousarray(chunk, dtype).tobytes())
+
+
 def write_data(folder: str, rows: int, features: int, classes: int, chunk: int = 50_000):
-    """Writes x.npy (float32) and y.npy (int32) in chunks, never holding the whole array; returns memmaps."""
+    """Writes x.npy (float32 Gaussian) and y.npy (int32 labels) in chunks; returns read-only memmaps of them."""
+    starts = range(0, rows, chunk)
     rng = np.random.default_rng(0)
-    x = np.lib.format.open_memmap(os.path.join(folder, "x.npy"), mode="w+", dtype=np.float32, shape=(rows, features))
-    y = np.lib.format.open_memmap(os.path.join(folder, "y.npy"), mode="w+", dtype=np.int32, shape=(rows,))
-    for start in range(0, rows, chunk):
-        stop = min(start + chunk, rows)
-        x[start:stop] = rng.normal(size=(stop - start, features)).astype(np.float32)
-        y[start:stop] = rng.integers(0, classes, size=stop - start)
-    x.flush(), y.flush()
-    del x, y
+    _write_npy(os.path.join(folder, "x.npy"), (rows, features), np.float32,
+               (rng.normal(size=(min(chunk, rows - s), features)) for s in starts))
+    _write_npy(os.path.join(folder, "y.npy"), (rows,), np.int32,
+               (rng.integers(0, classes, size=min(chunk, rows - s)) for s in starts))
     return np.load(os.path.join(folder, "x.npy"), mmap_mode="r"), np.load(os.path.join(folder, "y.npy"), mmap_mode="r")
 
 

@@ -11,8 +11,8 @@ from losslab import directions as D
 
 jax.config.update("jax_enable_x64", True)
 
-# Norms and projections are exact to rounding (float32 params: ~1e-7 relative).
-EXACT = 1e-6  # float32 norms: rounding only (a factor-2 or wrong-axis bug is off by far more)
+# float64 throughout: norms and projections are exact to rounding.
+EXACT = 1e-10
 
 
 def conv_params():

@@ -64,6 +64,7 @@ def test_user_hooks_see_the_loop_and_can_stop_training(objective):
 
 
 def test_affine_objective_is_the_base_objective_at_offset_plus_scale_p():
+    previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
         ds = data.load("gaussian_mixture", num_train=24, num_test=8, num_classes=3, seed=1, std=0.5)
@@ -82,7 +83,7 @@ def test_affine_objective_is_the_base_objective_at_offset_plus_scale_p():
         np.testing.assert_allclose(np.asarray(diag), np.diag(np.asarray(dense)), rtol=1e-9, atol=1e-14)
         np.testing.assert_allclose(np.diag(np.asarray(dense)), scale**2 * np.diag(np.asarray(curvature.dense_ggn(obj, theta))), rtol=1e-9)
     finally:
-        jax.config.update("jax_enable_x64", False)
+        jax.config.update("jax_enable_x64", previous)
 
 
 @pytest.mark.parametrize("optimizer", ["ngd", "kfac", "sam"])

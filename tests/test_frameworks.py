@@ -24,9 +24,10 @@ FLAT = (W - K + 1) * C_OUT
 
 @pytest.fixture(scope="module", autouse=True)
 def x64():
+    previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
-    jax.config.update("jax_enable_x64", False)
+    jax.config.update("jax_enable_x64", previous)
 
 
 def canonical_weights():

@@ -13,9 +13,10 @@ EXACT = 1e-12  # float64, only the summation order differs
 
 @pytest.fixture(scope="module", autouse=True)
 def x64():
+    previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
-    jax.config.update("jax_enable_x64", False)
+    jax.config.update("jax_enable_x64", previous)
 
 
 @pytest.fixture(scope="module")
