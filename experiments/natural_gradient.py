@@ -26,9 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +36,8 @@ from jax.flatten_util import ravel_pytree
 
 from experiments import common
 from experiments.common import COMBINE_RULE, Verdict, combine, parse_config, run_sweep
-from losslab import Objective, checkpoint, curvature, data, models, optim
+from losslab import Objective, curvature, data, models, optim
 from losslab.kfac import kfac_operator
-from losslab.natural import batch_fisher_operator, cg_solve
 from losslab.results import RunStore, atomic_write_json, atomic_write_text
 from losslab.train import TrainingDivergedError, train
 
@@ -245,10 +242,9 @@ def geometry_at(obj, params, adam_state, batch, key, config: Config) -> dict:
         dens[name] = (np.asarray(d.grid), np.asarray(d.density))
     g = ravel_pytree(jax.grad(obj.loss)(params, batch))[0]
     lam = config.ngd_damping
-    nat = cg_solve(batch_fisher_operator(obj, params, batch).matvec, g, damping=lam, max_steps=200, tol=1e-6)
-    emp = cg_solve(
-        batch_fisher_operator(obj, params, batch, curvature="empirical").matvec, g, damping=lam, max_steps=200, tol=1e-6
-    )
+    solve = {"damping": lam, "max_steps": 200, "tol": 1e-6}
+    nat = curvature.cg_solve(curvature.make_operator("fisher", obj, params, batch, linearize=True), g, **solve)
+    emp = curvature.cg_solve(curvature.make_operator("empirical_fisher", obj, params, batch, linearize=True), g, **solve)
     (adam,) = [
         s
         for s in jax.tree.leaves(adam_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
@@ -293,29 +289,14 @@ def run_geometry(cfg: dict, config: Config) -> dict:
     obj = build_objective(config, cfg["dataset"])
     batch = analysis_batch(obj, config.analysis_samples)
     tx, _ = optim.create("adam", cfg["learning_rate"])
-    params = obj.params
-    target = (params, obj.state, tx.init(params), ())
+    params, opt_state, result = obj.params, tx.init(obj.params), None
     out = {}
-    ckpt_dir = tempfile.mkdtemp(prefix="ngd-adam-")
-    try:
-        for e in sorted(config.analysis_epochs):
-            if e == 0:
-                opt_state = target[2]
-            else:
-                train(
-                    obj,
-                    optimizer="adam",
-                    learning_rate=cfg["learning_rate"],
-                    batch_size=config.batch_size,
-                    epochs=e,
-                    key=config.seed,
-                    checkpoint_dir=ckpt_dir,
-                    checkpoint_every=1,
-                )
-                _, (params, _, opt_state, _), _ = checkpoint.restore_latest(ckpt_dir, target)
-            out[str(e)] = geometry_at(obj, params, opt_state, batch, jax.random.key(e), config)
-    finally:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    for e in sorted(config.analysis_epochs):
+        if e > 0:  # continue the same Adam run up to epoch e (params, moments and key carried over)
+            result = train(obj, optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=config.batch_size,
+                           epochs=e, key=config.seed, resume=result)
+            params, opt_state = result.params, result.opt_state
+        out[str(e)] = geometry_at(obj, params, opt_state, batch, jax.random.key(e), config)
     arrays = {f"e{e}_{k}": v for e, m in out.items() for k, v in m.pop("_arrays").items()}
     return {"checkpoints": out, "_arrays": arrays}
 

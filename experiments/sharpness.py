@@ -272,13 +272,14 @@ def train_and_measure(run: dict, ds) -> dict:
     key = jax.random.key(run["seed"])
     n = obj.num_examples("train")
     batch_size = n if run["batch_size"] == 0 else run["batch_size"]
-    epoch, acc, reached, history = 0, 0.0, False, []
+    epoch, acc, reached, history, res = 0, 0.0, False, [], None
     while epoch < run["epoch_cap"]:
+        # Train in pieces of check_every epochs, each continuing the last exactly (params, optimizer
+        # state, key): the stopping rule is checked between pieces and momentum is never reset.
         chunk = min(run["check_every"], run["epoch_cap"] - epoch)
         res = train(obj, params, optimizer=run["optimizer"], learning_rate=run["learning_rate"],
-                    batch_size=batch_size, epochs=chunk, key=jax.random.fold_in(key, epoch), eval_every=chunk)
-        params, obj = res.params, res.objective
-        epoch += chunk
+                    batch_size=batch_size, epochs=epoch + chunk, key=key, eval_every=chunk, resume=res)
+        params, epoch = res.params, res.epoch
         acc = res.history.train_accuracy[-1]
         history.append({"epoch": epoch, "train_loss": res.history.train_eval_loss[-1], "train_accuracy": acc,
                         "val_accuracy": res.history.val_accuracy[-1]})
@@ -286,6 +287,7 @@ def train_and_measure(run: dict, ds) -> dict:
             reached = True
             break
     train_time = time.perf_counter() - t0
+    obj = res.objective  # the trained BatchNorm statistics, if any
     train_eval, test_eval = obj.evaluate(params, "train"), obj.evaluate(params, "test")
     x, y = obj.batch("train")
     subset = (x[: run["measure_examples"]], y[: run["measure_examples"]])
