@@ -483,13 +483,17 @@ def figure(rows, ax=None):
     ``ax``: a matplotlib ``Figure`` or ``SubFigure`` to draw the three rows of panels into (as
     sub-figures; None: a new figure). Returns the figure.
     """
-    runs = rows
-    cls = [r for r in runs if r.config["part"] == "classification"]
-    reg = regression_table(runs)
+    cls = [r for r in rows if r.config["part"] == "classification"]
     fig, host = common.panels(ax, (3.3 * max(len(cls), 4), 13))
     top, mid, bottom = host.subfigures(3, 1, height_ratios=[1.0, 1.0, 1.05])
+    _slice_panels(cls, top)
+    _measure_panels(cls, mid)
+    _regression_panels(rows, bottom)
+    return fig
 
-    # (a) slices of the test error, one panel per loss, shared y axis.
+
+def _slice_panels(cls, top) -> None:
+    """(a) slices of the test error, one panel per loss, shared y axis."""
     axes = np.atleast_1d(top.subplots(1, len(cls), sharey=True))
     for ax, r in zip(axes, cls):
         a, m = r.arrays, r.metrics
@@ -510,7 +514,9 @@ def figure(rows, ax=None):
     top.suptitle(f"(a) 1-D slices of the test error around each minimum ({cls[0].config['num_directions']} random "
                  "filter-normalised directions; first bold)", fontsize=11)
 
-    # (a) measures, one bar chart each.
+
+def _measure_panels(cls, mid) -> None:
+    """(a) the measures of each minimum, one panel each."""
     names = [LOSS_LABELS.get(r.config["loss"], r.config["loss"]) for r in cls]
     x = np.arange(len(cls))
     panels = [  # (title, y label, values, error bars, scale)
@@ -550,7 +556,10 @@ def figure(rows, ax=None):
     mid.suptitle("(a) the minimum each loss finds: raw curvature is in each loss's own units; "
                  "the 0-1-error sharpness (right) is comparable", fontsize=11)
 
-    # (b) regression under outliers vs the outlier fraction.
+
+def _regression_panels(rows, bottom) -> None:
+    """(b) regression under outliers: clean fit, traces and extreme eigenvalues vs the outlier fraction."""
+    reg = regression_table(rows)
     axes = np.atleast_1d(bottom.subplots(1, 3))
     reg_losses = list(dict.fromkeys(r["loss"] for r in reg))
     styles = {n: f"C{i}" for i, n in enumerate(reg_losses)}
@@ -567,7 +576,7 @@ def figure(rows, ax=None):
         axes[2].plot(f, [r["lambda_max"] for r in rs], marker="o", color=styles[n], label=f"{lab}: λ_max")
         axes[2].plot(f, [r["lambda_min"] for r in rs], marker="v", ls="--", color=styles[n], label=f"{lab}: λ_min")
     if reg:
-        noise = next(r for r in runs if r.config["part"] == "regression").config["noise_std"]
+        noise = next(r for r in rows if r.config["part"] == "regression").config["noise_std"]
         axes[0].axhline(noise**2, color="k", lw=0.8, ls=":", label=f"noise floor σ² = {noise**2:.3g}")
         seeds = max(r["num_seeds"] for r in reg)
         axes[0].set_yscale("log")
@@ -587,7 +596,6 @@ def figure(rows, ax=None):
             ax.legend(fontsize=7)
     bottom.suptitle("(b) teacher–student regression with gross outliers in the training targets: "
                     "which loss keeps the fit, and what happens to curvature", fontsize=11)
-    return fig
 
 
 def main(argv=None) -> list[str]:

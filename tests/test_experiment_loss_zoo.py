@@ -122,7 +122,7 @@ def test_regression_reading_names_the_robust_loss_and_the_flat_hessian():
     assert loss_zoo.regression_reading(flipped).startswith("(b) with 20 % outliers MSE keeps the clean fit best")
 
 
-def test_quick_config_is_small_and_unknown_losses_are_rejected():
+def test_the_quick_config_is_small_and_unknown_losses_are_rejected():
     cls, reg = loss_zoo._configs(loss_zoo.quick())
     assert len({c["name"] for c in cls + reg}) == len(cls) + len(reg)
     with pytest.raises(ValueError, match="valid"):

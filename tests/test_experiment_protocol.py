@@ -180,7 +180,7 @@ def test_exact_flags_in_both_spellings_set_fields():
     assert parse_config(_Cfg, ["--limit", "5"])[0].limit == 5
 
 
-def test_quick_and_full_start_points_and_positional_leftovers(capsys):
+def test_start_points_quick_and_full_and_positional_leftovers(capsys):
     cfg, _ = parse_config(_Cfg, ["--quick", "--rate", "0.5"], quick=lambda: _Cfg(name="q"), full=lambda: _Cfg(name="f"))
     assert cfg == _Cfg(name="q", rate=0.5)
     assert parse_config(_Cfg, ["--full"], quick=_Cfg, full=lambda: _Cfg(name="f"))[0].name == "f"
