@@ -133,7 +133,7 @@ def test_one_registry_serves_every_consumer(objective):
     ):
         with pytest.raises(ValueError, match="hesian"):
             bad_call()
-    v = jnp.ones(objective.num_params) / 10
+    v = jnp.ones(objective.num_params, jnp.float32) / 10
     for name in ("hessian", "ggn", "fisher", "empirical_fisher"):
         op = curvature.make_operator(name, objective)
         direct = getattr(curvature, f"{name}_operator")(objective)
@@ -147,7 +147,7 @@ def test_one_registry_serves_every_consumer(objective):
 
 def test_linearized_fisher_equals_the_chunked_one(objective):
     batch = tuple(a[:40] for a in objective.batch("train"))
-    v = jax.random.normal(jax.random.key(1), (objective.num_params,))
+    v = jax.random.normal(jax.random.key(1), (objective.num_params,), jnp.float32)
     for name in ("fisher", "empirical_fisher", "ggn"):
         lin = curvature.make_operator(name, objective, None, batch, linearize=True)
         plain = curvature.make_operator(name, objective, None, batch)
@@ -163,6 +163,6 @@ def test_deprecated_names_warn(objective):
     with pytest.warns(DeprecationWarning, match="batch_fisher_operator is deprecated"):
         op = natural.batch_fisher_operator(objective, objective.params, batch)
     with pytest.warns(DeprecationWarning, match="cg_solve"):
-        natural.cg_solve(op.matvec, jnp.ones(op.size), max_steps=2)
+        natural.cg_solve(op.matvec, jnp.ones(op.size, op.dtype), max_steps=2)
     with pytest.warns(DeprecationWarning, match="data_hessian_trace"):
         assert sharpness.get("hessian_trace").name == "data_hessian_trace"
