@@ -36,6 +36,7 @@ shortcut of the exact backprop diagonals (which fall back to exact per-example g
 
 from __future__ import annotations
 
+import abc
 import functools
 import inspect
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from flax import nnx
 KINDS = ("nnx", "linen", "equinox", "haiku", "function")
 
 
-class Model:
+class Model(abc.ABC):
     """A model as pure functions (the protocol above). Subclasses implement :meth:`apply`.
 
     Attributes:
@@ -59,9 +60,9 @@ class Model:
     kind = "function"
     filter_axis = -1
 
+    @abc.abstractmethod
     def apply(self, params, state, x, *, train: bool = False, key=None):
         """Eval-mode outputs, or ``(outputs, new_state)`` with ``train=True``."""
-        raise NotImplementedError
 
     def module(self, params, state):
         """The framework's module object for ``(params, state)`` (NNX only; the layer tap needs it)."""

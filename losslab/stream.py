@@ -114,6 +114,11 @@ class Stream:
                       y_spec=jax.ShapeDtypeStruct(self.y_spec.shape, y_dtype), task=self.task,
                       num_classes=self.num_classes, name=self.name, dtype=dtype)
 
+    @property
+    def weight_dtype(self):
+        """The dtype of the padding weights: the inputs' float dtype (float32 for integer inputs)."""
+        return self.x_spec.dtype if jnp.issubdtype(self.x_spec.dtype, jnp.floating) else np.dtype(np.float32)
+
     def read(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Batch ``b`` as host arrays ``(x, y, row_index, weight)``, padded to ``batch_size`` rows."""
         x, y = self._read(int(b))
@@ -126,19 +131,17 @@ class Stream:
             x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
             y = np.concatenate([y, np.repeat(y[:1], pad, axis=0)])
         idx = np.arange(start, start + self.batch_size, dtype=np.int32)
-        w_dtype = self.x_spec.dtype if jnp.issubdtype(self.x_spec.dtype, jnp.floating) else np.float32
-        w = np.concatenate([np.ones(n, w_dtype), np.zeros(pad, w_dtype)])
+        w = np.concatenate([np.ones(n, self.weight_dtype), np.zeros(pad, self.weight_dtype)])
         return x, y, idx, w
 
     def fetch(self, b) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """Batch ``b`` (a traced index) on the device: ``(x, y, row_index, weight)`` from a host callback."""
         bs = self.batch_size
-        w_dtype = self.x_spec.dtype if jnp.issubdtype(self.x_spec.dtype, jnp.floating) else jnp.float32
         shapes = (
             jax.ShapeDtypeStruct((bs, *self.x_spec.shape), self.x_spec.dtype),
             jax.ShapeDtypeStruct((bs, *self.y_spec.shape), self.y_spec.dtype),
             jax.ShapeDtypeStruct((bs,), jnp.int32),
-            jax.ShapeDtypeStruct((bs,), w_dtype),
+            jax.ShapeDtypeStruct((bs,), self.weight_dtype),
         )
         return jax.pure_callback(self.read, shapes, b, vmap_method="sequential")
 

@@ -22,12 +22,7 @@ W, C_IN, C_OUT, K, HIDDEN, CLASSES = 6, 2, 3, 3, 4, 3
 FLAT = (W - K + 1) * C_OUT
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def canonical_weights():

@@ -11,12 +11,7 @@ from losslab import curvature, stream
 EXACT = 1e-12  # float64, only the summation order differs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 @pytest.fixture(scope="module")
